@@ -1,0 +1,126 @@
+"""Run folders: the exact configuration, metrics and checkpoints of one job, written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import synopt
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write JSON atomically (temp file + rename), so a killed job never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """torch.save atomically; payload must hold only tensors and plain Python values (weights_only loadable)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint safely (``weights_only=True``); a state_dict alone is accepted too."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a user-facing file problem
+        raise ValueError(f"{path} is not a loadable weights-only torch checkpoint ({type(exc).__name__}: {exc}); "
+                         "save it with torch.save(model.state_dict(), path)") from exc
+    if isinstance(obj, dict) and "state_dict" not in obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        obj = {"state_dict": obj}
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        raise ValueError(f"{path} holds no state_dict")
+    return obj
+
+
+def environment() -> dict:
+    return {
+        "synopt": synopt.__version__,
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+    }
+
+
+class RunDir:
+    """A run folder: ``config.json`` (re-runnable), ``metrics.json``, ``checkpoints/``, tables and plots."""
+
+    def __init__(self, path: str | Path, config: dict, resume: bool = False):
+        self.path = Path(path)
+        existing = self.path / "config.json"
+        if existing.exists() and not resume:
+            old = json.loads(existing.read_text())
+            if old.get("config") != _normalise(config):
+                raise FileExistsError(
+                    f"{self.path} already holds a run with another configuration; choose a new --out "
+                    "or delete the folder")
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        write_json(existing, {"config": _normalise(config), "environment": environment()})
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def write_metrics(self, metrics: dict) -> Path:
+        return write_json(self.path / "metrics.json", metrics)
+
+
+def _normalise(config: dict) -> dict:
+    return json.loads(json.dumps(config, default=_jsonable))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "__dict__"):
+        return vars(obj)
+    return str(obj)

@@ -1,0 +1,1 @@
+"""Input encodings and T-step simulation of converted networks in sinabs."""

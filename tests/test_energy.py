@@ -20,7 +20,7 @@ def brute_force_psi(layer: nn.Module, in_shape) -> torch.Tensor:
             layer.bias.zero_()
     x = torch.zeros((1, *in_shape), dtype=torch.float64)
     jac = torch.autograd.functional.jacobian(lambda t: layer(t).flatten(), x)  # [out, 1, *in]
-    return (jac != 0).sum(0)[0].to(torch.float32)
+    return (jac != 0).sum(0)[0].to(torch.float64)
 
 
 @pytest.mark.parametrize("kw", [
@@ -59,7 +59,7 @@ def test_avgpool_then_conv_is_sum_pool_exact_and_layer_average_eq7():
     assert torch.all(exact.layer("0").psi == 20)
     eq7 = analyze(model, (3, 4, 4), convention="eq7")
     # Eq. 7: W'H'/(WH) * C' * k^2 = (4/16) * 5 * 9 = 11.25 for every neuron
-    assert torch.allclose(eq7.layer("0").psi, torch.full((3, 4, 4), 11.25))
+    assert torch.allclose(eq7.layer("0").psi, torch.full((3, 4, 4), 11.25, dtype=torch.float64))
     assert exact.macs == eq7.macs == 5 * 2 * 2 * 3 * 9
 
 
@@ -72,7 +72,7 @@ def test_flatten_linear_and_global_pooling():
     exact = analyze(model, (4, 5, 5))
     assert torch.all(exact.layer("0").psi == 10)
     eq7 = analyze(model, (4, 5, 5), convention="eq7")
-    assert torch.allclose(eq7.layer("0").psi, torch.full((4, 5, 5), 10 / 25))
+    assert torch.allclose(eq7.layer("0").psi, torch.full((4, 5, 5), 10 / 25, dtype=torch.float64))
 
 
 def test_adaptive_pool_with_overlapping_bins():
@@ -169,7 +169,7 @@ def test_synops_gradient_is_psi_and_matches_structural_conv():
     s = torch.rand(4, 2, 5, 5).round().requires_grad_(True)
     total = synops(acc, {"0": s}, n_samples=4)
     total.backward()
-    assert torch.allclose(s.grad * 4, acc.layer("0").psi.expand_as(s))
+    assert torch.allclose(s.grad * 4, acc.layer("0").psi.float().expand_as(s))
     ones_conv = F.conv2d(s.detach(), torch.ones(3, 2, 3, 3), None, 2, 1)
     assert torch.isclose(total, ones_conv.sum() / 4)
 

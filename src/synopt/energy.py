@@ -166,9 +166,18 @@ class LayerAccount:
     psi: torch.Tensor
     consumers: list[str] = field(default_factory=list)
 
+    _cast: dict = field(default_factory=dict, repr=False, compare=False)
+
     @property
     def neurons(self) -> int:
         return int(self.psi.numel())
+
+    def psi_as(self, like: torch.Tensor) -> torch.Tensor:
+        """psi in the dtype/device of ``like`` (cached: no copy per training step)."""
+        key = (like.dtype, like.device)
+        if key not in self._cast:
+            self._cast[key] = self.psi.to(device=like.device, dtype=like.dtype)
+        return self._cast[key]
 
     @property
     def synapses(self) -> float:
@@ -687,11 +696,11 @@ def analyze(model: nn.Module, input_shape: Sequence[int], convention: str = "exa
         grads = [None] * len(leaves)
     accounts = []
     for name, leaf, grad in zip(names, leaves, grads):
-        psi = (grad if grad is not None else torch.zeros_like(leaf)).detach()[0].to(torch.float32)
+        psi = (grad if grad is not None else torch.zeros_like(leaf)).detach()[0]  # float64: exact integers
         _, kind, consumers = interp.sites[name]
         accounts.append(LayerAccount(name, kind, tuple(leaf.shape[1:]), psi, list(consumers)))
     input_layer = accounts[0] if accounts and accounts[0].name == "input" else LayerAccount(
-        "input", "input", input_shape, torch.zeros(input_shape))
+        "input", "input", input_shape, torch.zeros(input_shape, dtype=torch.float64))
     layers = [a for a in accounts if a.name != "input"]
     if not layers:
         raise AccountingError(
@@ -722,7 +731,7 @@ def synops(account: NetworkAccount, activity: dict[str, torch.Tensor], n_samples
     """
     total = None
     for layer, s in _per_site(account, activity):
-        term = (s * layer.psi.to(s.device, s.dtype)).sum()
+        term = (s * layer.psi_as(s)).sum()
         total = term if total is None else total + term
     if total is None:
         return torch.zeros(())
@@ -744,7 +753,7 @@ def omega(account: NetworkAccount, activity: dict[str, torch.Tensor], kind: str 
     for layer, s in _per_site(account, activity):
         sp = s if p == 1 else s.pow(p)
         if kind == "syn":
-            term = (sp * layer.psi.to(s.device, s.dtype)).sum()
+            term = (sp * layer.psi_as(s)).sum()
         elif kind == "total":
             term = sp.sum()
         else:

@@ -101,11 +101,11 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None, cfg: TrainConfig,
         sums: dict[str, float] = {}
         n = correct = 0
         t0 = time.perf_counter()
-        bar = tqdm(dl, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        bar = tqdm(dl, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=None if cfg.progress else True, leave=False)
         for x, y in bar:
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            logs = {"ce": float(loss)}
+            logs = {"ce": float(loss.detach())}
             if extra_loss is not None:
                 extra, more = extra_loss(model, x, logits)
                 loss = loss + extra

@@ -18,6 +18,7 @@ def test_version_and_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert e.value.code == 0 and synopt.__version__ in capsys.readouterr().out
+    assert main(["data", "list"]) == 0 and "fashion-mnist" in capsys.readouterr().out
     for cmd in (["--help"], ["count", "--help"], ["zoo", "list", "--help"], ["train", "--help"], ["data", "list", "--help"]):
         with pytest.raises(SystemExit) as e:
             main(cmd)
@@ -88,3 +89,9 @@ def test_bad_checkpoint_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     r = run("count", "--model", "digitsnet", "--checkpoint", str(bad))
     assert r.returncode == 2 and "weights-only" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_zoo_list(capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg11" in out and "404,463,616" in out and "resnet18" in out

@@ -111,7 +111,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from synopt import data
 
-    for name, desc in data.list_datasets():
+    for name, desc in data.list_datasets().items():
         print(f"{name:<16}{desc}")
     return 0
 

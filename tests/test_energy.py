@@ -274,3 +274,9 @@ def test_energy_models():
         energy.get_energy_model("7nm")
     with pytest.raises(ValueError, match="positive"):
         energy.get_energy_model("x", e_ac_pj=-1)
+
+
+def test_ops_after_the_last_weight_layer_are_ignored():
+    model = nn.Sequential(nn.ReLU(), nn.Linear(4, 3), nn.Sigmoid(), nn.Upsample(scale_factor=2))
+    acc = analyze(model, (2, 4))
+    assert torch.all(acc.layer("0").psi == 3)

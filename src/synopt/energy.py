@@ -451,6 +451,8 @@ class _Account(fx.Interpreter):
         x = vals[0]
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             return self._weight_layer(target, mod, x, real)
+        if not any(v.reach for v in vals) and _is_tensor(real):  # no spikes pass here (e.g. a readout head)
+            return self._wrap_const(real)
         if isinstance(mod, _PASSTHROUGH_MODULES):
             return _Val(real, x.ones, x.reach)
         if isinstance(mod, (nn.Flatten, nn.Unflatten)):
@@ -546,6 +548,8 @@ class _Account(fx.Interpreter):
             return self._reduce(target, vals[0], real_args, real_kwargs, real)
         if target is getattr:
             return real
+        if not reach and _is_tensor(real):  # no spikes pass here
+            return self._wrap_const(real)
         raise self._fail(f"function {getattr(target, '__name__', target)}")
 
     def call_method(self, target, args, kwargs):
@@ -576,6 +580,8 @@ class _Account(fx.Interpreter):
             return _Val(real, ones.expand_as(real), reach)
         if target in ("mul", "div", "mul_", "div_"):
             return _Val(real, vals[0].ones.expand_as(real), reach)
+        if not reach and _is_tensor(real):
+            return self._wrap_const(real)
         raise self._fail(f"method .{target}()")
 
     def _reduce(self, target, x: _Val, real_args, real_kwargs, real):

@@ -280,3 +280,10 @@ def test_ops_after_the_last_weight_layer_are_ignored():
     model = nn.Sequential(nn.ReLU(), nn.Linear(4, 3), nn.Sigmoid(), nn.Upsample(scale_factor=2))
     acc = analyze(model, (2, 4))
     assert torch.all(acc.layer("0").psi == 3)
+
+
+def test_analyze_inside_no_grad():
+    model = nn.Sequential(nn.ReLU(), nn.Linear(4, 3))
+    with torch.no_grad():
+        acc = analyze(model, (4,))
+    assert torch.all(acc.layer("0").psi == 3)

@@ -47,10 +47,12 @@ __all__ = [
     "NetworkAccount",
     "analyze",
     "is_activation_site",
+    "trace",
     "ActivityRecorder",
     "synops",
     "omega",
     "firing_rate",
+    "trace",
 ]
 
 CONVENTIONS = ("exact", "eq7")
@@ -149,6 +151,19 @@ def _trace(model: nn.Module) -> fx.GraphModule:
             "in a leaf module."
         ) from exc
     return fx.GraphModule(model, graph)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Trace ``model`` with the accounting's tracer (activation sites and sinabs layers stay leaf modules).
+
+    The returned GraphModule shares its submodules with ``model`` (copy the model first to keep it untouched).
+    """
+    return _trace(model)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """``model`` as an fx GraphModule whose activation sites and sinabs layers are leaf modules."""
+    return _trace(model)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -687,7 +702,8 @@ def analyze(model: nn.Module, input_shape: Sequence[int], convention: str = "exa
     was_training = model.training
     model.eval()
     try:
-        interp.run(example)  # autograd stays on: psi is the gradient of the ones-space count
+        with torch.enable_grad():  # psi is the gradient of the ones-space count, even inside no_grad callers
+            interp.run(example)
     except AccountingError:
         raise
     except RuntimeError as exc:
@@ -697,7 +713,8 @@ def analyze(model: nn.Module, input_shape: Sequence[int], convention: str = "exa
     names = list(interp.sites)
     leaves = [interp.sites[n][0] for n in names]
     if interp.count.requires_grad:
-        grads = torch.autograd.grad(interp.count, leaves, allow_unused=True)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(interp.count, leaves, allow_unused=True)
     else:
         grads = [None] * len(leaves)
     accounts = []

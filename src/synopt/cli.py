@@ -129,6 +129,53 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- convert / simulate -----------------------------------------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from synopt.convert.pipeline import ConvertConfig, run_conversion
+    from synopt.convert.source import ModelSource
+
+    if bool(args.onnx) == bool(args.model):
+        raise UserError("give exactly one of --onnx FILE or --model NAME")
+    if args.onnx:
+        if not Path(args.onnx).is_file():
+            raise UserError(f"ONNX file {args.onnx} does not exist")
+        source = ModelSource("onnx", onnx=args.onnx, onnx_output=args.onnx_output)
+    else:
+        overrides = {"in_channels": args.input[0], "input_size": list(args.input[1:])} if args.input else {}
+        source = ModelSource("zoo", name=args.model, checkpoint=args.checkpoint, overrides=overrides)
+    frames = {}
+    if args.event_count:
+        frames = {"event_count": args.event_count}
+    cfg = ConvertConfig(source=source, dataset=args.dataset, out=args.out, data_root=args.data_root,
+                        method=args.method, target_synops=args.target_synops, schedule_points=args.schedule,
+                        timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
+                        batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
+                        eval_samples=args.samples, init_v_fraction=args.init_v, min_v_mem=args.min_v_mem,
+                        single_spike=args.single_spike, percentile=args.percentile, frames=frames, seed=args.seed,
+                        progress=not args.quiet)
+    metrics = run_conversion(cfg)
+    print((Path(args.out) / "summary.md").read_text())
+    print(f"run folder: {args.out}")
+    return 0 if metrics else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from synopt.simulate.reload import simulate_run
+
+    result = simulate_run(args.snn, timesteps=args.timesteps, data_root=args.data_root, samples=args.samples,
+                          encoding=args.encoding, progress=not args.quiet)
+    print(f"accuracy after {result.timesteps} steps: {100 * result.accuracy:.2f}% on {result.samples} samples; "
+          f"SynOps/inference {result.synops:,.0f} (+{result.input_synops:,.0f} from input events)")
+    print("accuracy per step: " + " ".join(f"{100 * a:.1f}" for a in result.accuracy_per_step))
+    if args.json:
+        from synopt.runs import write_json
+
+        write_json(args.json, result.to_dict())
+    return 0
+
+
 # ---- parser -----------------------------------------------------------------------------------------------------------
 
 
@@ -182,6 +229,51 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run folder to write")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
+    cv = sub.add_parser("convert", help="ANN -> SNN by QReLU fine-tuning with a SynOp target (Sorbaro et al. 2020)",
+                        description="Import a trained model, prepare it, fine-tune it with QReLU and the SynOp loss "
+                                    "(or scale it), convert it to sinabs IF neurons, simulate and write a run folder.")
+    src = cv.add_mutually_exclusive_group(required=True)
+    src.add_argument("--onnx", help="trained model as an ONNX file")
+    src.add_argument("--model", help="zoo model name (with --checkpoint for trained weights)")
+    cv.add_argument("--checkpoint", help="state_dict of the zoo model (torch.save; loaded weights-only)")
+    cv.add_argument("--onnx-output", help="graph output to use when the ONNX model has several (name or index)")
+    cv.add_argument("--input", type=parse_shape, help="zoo model input CxHxW (default: the model's own)")
+    cv.add_argument("--dataset", default="digits", help="dataset name (see `synopt data list`; default digits)")
+    cv.add_argument("--data-root", help="data root (or set SYNOPT_DATA_ROOT)")
+    cv.add_argument("--method", choices=("qrelu", "scale", "rho"), default="qrelu",
+                    help="qrelu: QAT with the SynOp loss (default); scale: robust percentile scaling; rho: "
+                         "first-layer scaling sweep")
+    cv.add_argument("--target-synops", type=float, help="SynOp budget per inference S0 (method qrelu)")
+    cv.add_argument("--schedule", type=int, default=1, help="halve the target this many times, each model starting "
+                                                           "from the previous one (default 1: one target)")
+    cv.add_argument("--timesteps", "-T", type=int, default=10, help="simulation time steps (default 10)")
+    cv.add_argument("--epochs", type=int, default=5, help="QAT epochs per target (default 5)")
+    cv.add_argument("--lr", type=float, default=1e-4)
+    cv.add_argument("--weight-decay", type=float, default=0.0)
+    cv.add_argument("--batch-size", type=int, default=64)
+    cv.add_argument("--rho", type=float, help="first-layer scale (default: chosen automatically)")
+    cv.add_argument("--no-calibrate", action="store_true", help="do not calibrate the SynOps onto the target")
+    cv.add_argument("--samples", type=int, help="test samples to simulate (default: all)")
+    cv.add_argument("--init-v", type=float, default=0.0, help="initial membrane in units of the threshold (0.5: θ/2)")
+    cv.add_argument("--min-v-mem", type=float, help="lower bound of the membrane in units of the threshold, e.g. -1")
+    cv.add_argument("--single-spike", action="store_true", help="at most one spike per neuron and step")
+    cv.add_argument("--percentile", type=float, default=99.9, help="percentile for --method scale")
+    cv.add_argument("--event-count", type=int, help="event data: frames of this many events (default: T time bins)")
+    cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--out", required=True, help="run folder to write")
+    cv.add_argument("--quiet", action="store_true", help="no progress bars")
+    cv.set_defaults(func=cmd_convert)
+
+    sm = sub.add_parser("simulate", help="simulate a converted network from a run folder",
+                        description="Reload RUN_DIR/snn and simulate it for T steps in sinabs.")
+    sm.add_argument("snn", help="the snn folder of a convert run (RUN_DIR/snn)")
+    sm.add_argument("--timesteps", "-T", type=int, default=10)
+    sm.add_argument("--data-root", help="data root (default: the one the run used)")
+    sm.add_argument("--samples", type=int, help="test samples (default: all)")
+    sm.add_argument("--encoding", choices=("count", "rate", "poisson"), help="override the recorded encoding")
+    sm.add_argument("--json", help="write the measurements to this file")
+    sm.add_argument("--quiet", action="store_true")
+    sm.set_defaults(func=cmd_simulate)
     return p
 
 

@@ -1,0 +1,211 @@
+"""The conversion route end to end (003_*, Sorbaro et al. 2020) as one function behind `synopt convert`.
+
+import -> prepare (BN fold, max->avg pool, one neuron per call site) -> baseline SNN (plain weights, θ = 1)
+-> QReLU + SynOp-loss fine-tuning for one target or a halving schedule (each point initialised from the previous)
+-> calibration of the SynOps to the target -> sinabs IF conversion -> T-step simulation -> run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from synopt import data, energy
+from synopt.convert.qat import QReLUNetwork, estimate, finetune, qrelu_network
+from synopt.convert.rho import scale_first_layer
+from synopt.convert.source import ModelSource, keep_copy, load_model
+from synopt.convert.to_sinabs import to_sinabs
+from synopt.finetune.train import TrainConfig, evaluate
+from synopt.runs import RunDir, save_checkpoint, write_json, write_text
+from synopt.simulate.run import SimResult, simulate
+
+RHO_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+@dataclass
+class ConvertConfig:
+    source: ModelSource
+    dataset: str
+    out: str
+    data_root: str | None = None
+    method: str = "qrelu"  # qrelu | scale | rho
+    target_synops: float | None = None
+    schedule_points: int = 1  # >1: halve the target this many times
+    timesteps: int = 10
+    epochs: int = 5
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    rho: float | None = None  # None: automatic
+    rhos: list[float] = field(default_factory=lambda: list(RHO_GRID))
+    calibrate: bool = True
+    calibration_tolerance: float = 0.02
+    eval_samples: int | None = None  # test samples simulated (None: all)
+    estimate_samples: int = 2000
+    init_v_fraction: float = 0.0
+    min_v_mem: float | None = None
+    single_spike: bool = False
+    maxpool: str = "avg"
+    percentile: float = 99.9
+    frames: dict = field(default_factory=dict)  # event framing options for event datasets (n_time_bins/event_count)
+    seed: int = 0
+    progress: bool = True
+
+
+def _prepare(model, notes):
+    from synopt.graph import prepare
+
+    prepared, more = prepare(model, fold_bn=True, maxpool="avg", softmax="remove", bias="keep")
+    notes.extend(more)
+    return prepared
+
+
+def _splits(cfg: ConvertConfig):
+    splits = data.load(cfg.dataset, cfg.data_root, split_seed=cfg.seed)
+    sim = splits
+    if splits.is_event:
+        framing = cfg.frames or {"n_time_bins": cfg.timesteps}
+        sim = data.load(cfg.dataset, cfg.data_root, split_seed=cfg.seed, representation="frames", **framing)
+    return splits, sim
+
+
+def _sim(net, encoding: str, sim_splits, cfg: ConvertConfig, shape) -> SimResult:
+    snn = to_sinabs(net, encoding=encoding, single_spike=cfg.single_spike, min_v_mem=cfg.min_v_mem,
+                    init_v_fraction=cfg.init_v_fraction)
+    return simulate(snn, sim_splits.test, cfg.timesteps, shape, samples=cfg.eval_samples, progress=cfg.progress,
+                    seed=cfg.seed, collate_fn=sim_splits.collate_fn)
+
+
+def _point(label: str, sim: SimResult, **extra) -> dict:
+    return {"label": label, "sim_accuracy": sim.accuracy, "sim_synops": sim.synops,
+            "sim_input_synops": sim.input_synops, "accuracy_per_step": sim.accuracy_per_step,
+            "synops_per_layer": sim.synops_per_layer, "firing_rate": sim.firing_rate,
+            "silent_layers": sim.silent_layers, "silent_output_fraction": sim.silent_output_fraction, **extra}
+
+
+def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float) -> tuple[float, list[dict]]:
+    """Automatic first-layer scale (section 2.4.2 step 2 of 003_*): the smallest rho in ``rhos`` whose QReLU network
+    comes within 1 point of the ANN's validation accuracy; the most accurate one if none does."""
+    trials = []
+    for rho in sorted(rhos):
+        acc, syn, _ = estimate(qrelu_network(ann, rho), account, val, samples)
+        trials.append({"rho": rho, "qrelu_val_acc": acc, "qrelu_synops": syn})
+        if acc >= ann_acc - 0.01:
+            return rho, trials
+    return max(trials, key=lambda t: t["qrelu_val_acc"])["rho"], trials
+
+
+@torch.no_grad()
+def calibrate(qnet: QReLUNetwork, account, val: Dataset, target: float, samples: int,
+              tolerance: float = 0.02) -> tuple[QReLUNetwork, float, float]:
+    """Scale the first layer (and with it every later activity) by c so that the SynOps meet ``target``.
+
+    The QReLU estimate equals the simulated count under count coding (see docs/conversion.md), so calibrating on
+    it calibrates the SNN. Bisection on log c in [1/8, 8]; returns (network, c, estimated SynOps).
+    """
+    def synops_at(c: float) -> tuple[QReLUNetwork, float]:
+        net = QReLUNetwork(scale_first_layer(qnet.net, c, compensate_output=False))
+        return net, estimate(net, account, val, samples)[1]
+
+    best = (qnet, 1.0, synops_at(1.0)[1])
+    if abs(best[2] / target - 1) <= tolerance:
+        return best
+    lo, hi = math.log(1 / 8), math.log(8)
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        net, syn = synops_at(math.exp(mid))
+        if abs(syn / target - 1) < abs(best[2] / target - 1):
+            best = (net, math.exp(mid), syn)
+        if abs(syn / target - 1) <= tolerance:
+            break
+        lo, hi = (mid, hi) if syn < target else (lo, mid)
+    return best
+
+
+def run_conversion(cfg: ConvertConfig) -> dict:
+    """Run the conversion route; write the run folder ``cfg.out``; return the metrics."""
+    if cfg.method not in ("qrelu", "scale", "rho"):
+        raise ValueError(f"unknown method {cfg.method!r}; choose qrelu, scale or rho")
+    if cfg.method == "qrelu" and cfg.target_synops is None:
+        raise ValueError("--target-synops is required for --method qrelu (e.g. --target-synops 1e6)")
+    if cfg.timesteps < 1:
+        raise ValueError(f"--timesteps must be >= 1, got {cfg.timesteps}")
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    source = keep_copy(cfg.source, out / "source")
+    cfg = dataclasses.replace(cfg, source=source)
+    run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
+    model, model_shape, notes = load_model(source)
+    splits, sim_splits = _splits(cfg)
+    if tuple(model_shape) != tuple(splits.input_shape):
+        raise ValueError(f"the model expects input {tuple(model_shape)} but dataset {cfg.dataset!r} gives "
+                         f"{tuple(splits.input_shape)}; choose a matching dataset or fold the input convention")
+    shape = tuple(splits.input_shape)
+    ann = _prepare(model, notes)
+    ann.eval()
+    account = energy.analyze(ann, shape)
+    ann_acc = evaluate(ann, splits.test)
+    val = Subset(splits.val, range(min(cfg.estimate_samples, len(splits.val))))
+    metrics: dict = {"ann_accuracy": ann_acc, "macs": account.macs, "input_shape": list(shape),
+                     "notes": notes, "points": []}
+    # baseline: plain ANN weights, threshold 1 (the red star of Fig. 2 of 003_*)
+    baseline = _sim(ann, "count", sim_splits, cfg, shape)
+    metrics["baseline"] = _point("baseline", baseline)
+    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            seed=cfg.seed, progress=cfg.progress)
+    final_net, encoding = None, "count"
+    if cfg.method == "rho":
+        for rho in cfg.rhos:
+            net = scale_first_layer(ann, rho)
+            res = _sim(net, "count", sim_splits, cfg, shape)
+            metrics["points"].append(_point(f"rho={rho:g}", res, rho=rho))
+        final_net = ann
+    elif cfg.method == "scale":
+        from synopt.convert.scaling import robust_scale
+
+        scaled = robust_scale(ann, splits.train, shape, percentile=cfg.percentile)
+        encoding = scaled.encoding
+        res = _sim(scaled.module, encoding, sim_splits, cfg, shape)
+        metrics["points"].append(_point(f"robust p{cfg.percentile:g}", res, lambdas=scaled.lambdas))
+        metrics["notes"].extend(scaled.notes)
+        final_net = scaled.module
+    else:
+        rho, trials = (cfg.rho, []) if cfg.rho else choose_rho(ann, account, val, cfg.estimate_samples, cfg.rhos,
+                                                               evaluate(ann, val))
+        metrics["rho"], metrics["rho_trials"] = rho, trials
+        qnet = qrelu_network(ann, rho)
+        targets = [cfg.target_synops / 2 ** i for i in range(max(cfg.schedule_points, 1))]
+        for i, target in enumerate(targets):
+            label = f"target={target:.4g}"
+            hist = finetune(qnet, splits.train, splits.val, train_cfg, shape, target=target,
+                            checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}")
+            point = {"target": target, "history": hist}
+            if cfg.calibrate:
+                qnet_cal, c, syn = calibrate(qnet, account, val, target, cfg.estimate_samples,
+                                             cfg.calibration_tolerance)
+                point.update({"calibration_scale": c, "calibrated_estimate": syn})
+            else:
+                qnet_cal = qnet
+            est_acc, est_syn, _ = estimate(qnet_cal, account, splits.test, len(splits.test))
+            res = _sim(qnet_cal.net, "count", sim_splits, cfg, shape)
+            metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn, **point))
+            save_checkpoint(out / "points" / f"point{i}.pt", {"state_dict": qnet_cal.state_dict(), "target": target})
+            qnet = qnet_cal  # the next (halved) target starts from this model
+        final_net = qnet.net
+    snn_dir = out / "snn"
+    save_checkpoint(snn_dir / "weights.pt", {"state_dict": final_net.state_dict()})
+    write_json(snn_dir / "spec.json", {"source": source.to_dict(), "method": cfg.method, "encoding": encoding,
+                                       "input_shape": list(shape), "dataset": cfg.dataset,
+                                       "rho": metrics.get("rho"), "timesteps": cfg.timesteps,
+                                       "init_v_fraction": cfg.init_v_fraction, "min_v_mem": cfg.min_v_mem,
+                                       "single_spike": cfg.single_spike})
+    run.write_metrics(metrics)
+    from synopt.convert.report import write_conversion_report
+
+    write_conversion_report(run.path, metrics, account)
+    return metrics

@@ -1,0 +1,73 @@
+"""Where a model comes from: a zoo name (+ checkpoint), an ONNX file, or an nn.Module from Python."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch.nn as nn
+
+from synopt import zoo
+from synopt.runs import load_checkpoint
+
+
+@dataclass
+class ModelSource:
+    """A recipe that rebuilds the same float network: recorded in run folders so `synopt simulate` can reload it."""
+
+    kind: str  # 'zoo' | 'onnx'
+    name: str | None = None  # zoo name
+    checkpoint: str | None = None
+    onnx: str | None = None  # path of the ONNX file (a copy inside the run folder)
+    onnx_output: str | int | None = None
+    overrides: dict = field(default_factory=dict)  # in_channels, input_size, num_classes for zoo models
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items()}
+
+
+def load_model(source: ModelSource) -> tuple[nn.Module, tuple[int, ...], list[str]]:
+    """The float model, its per-sample input shape and notes (e.g. what the importer dropped)."""
+    if source.kind == "zoo":
+        spec = zoo.get_spec(source.name)
+        model = zoo.build(source.name, **source.overrides)
+        shape = (source.overrides.get("in_channels", spec.in_channels),
+                 *source.overrides.get("input_size", spec.input_size))
+        notes = []
+        if source.checkpoint:
+            state = load_checkpoint(source.checkpoint)["state_dict"]
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ValueError(f"checkpoint {source.checkpoint} does not fit zoo model {source.name!r}: "
+                                 f"{str(exc).splitlines()[0]}") from exc
+        else:
+            notes.append(f"no checkpoint given: {source.name} starts from random weights")
+        return model, tuple(shape), notes
+    if source.kind == "onnx":
+        from synopt.graph import import_onnx
+
+        imported = import_onnx(source.onnx, output=source.onnx_output)
+        notes = list(imported.notes)
+        if imported.max_abs_diff is not None:
+            notes.append(f"import checked against onnxruntime: max abs difference {imported.max_abs_diff:.2e}")
+        return imported.module, tuple(imported.input_shape), notes
+    raise ValueError(f"unknown model source kind {source.kind!r}")
+
+
+def keep_copy(source: ModelSource, folder: Path) -> ModelSource:
+    """Copy the files a source needs into a run folder, so the run stays re-runnable if the originals move."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = ModelSource(**source.to_dict())
+    if source.onnx:
+        dst = folder / "model.onnx"
+        if Path(source.onnx).resolve() != dst.resolve():
+            shutil.copyfile(source.onnx, dst)
+        out.onnx = str(dst)
+    if source.checkpoint:
+        dst = folder / "ann.pt"
+        if Path(source.checkpoint).resolve() != dst.resolve():
+            shutil.copyfile(source.checkpoint, dst)
+        out.checkpoint = str(dst)
+    return out

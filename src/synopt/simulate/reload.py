@@ -1,0 +1,43 @@
+"""Rebuild a converted network from a run folder's ``snn/`` and simulate it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from synopt import data
+from synopt.convert.source import ModelSource, load_model
+from synopt.convert.to_sinabs import SpikingNetwork, to_sinabs
+from synopt.runs import load_checkpoint
+from synopt.simulate.run import SimResult, simulate
+
+
+def load_snn(snn_dir: str | Path) -> tuple[SpikingNetwork, dict]:
+    """The spiking network of ``RUN/snn`` (spec.json + weights.pt) and its spec."""
+    from synopt.graph import prepare
+
+    snn_dir = Path(snn_dir)
+    spec_path = snn_dir / "spec.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} not found: pass the snn folder of a `synopt convert` run (RUN_DIR/snn)")
+    spec = json.loads(spec_path.read_text())
+    model, _, _ = load_model(ModelSource(**spec["source"]))
+    net, _ = prepare(model, fold_bn=True, maxpool="avg", softmax="remove", bias="keep")
+    net.load_state_dict(load_checkpoint(snn_dir / "weights.pt")["state_dict"])
+    snn = to_sinabs(net, encoding=spec["encoding"], single_spike=spec.get("single_spike", False),
+                    min_v_mem=spec.get("min_v_mem"), init_v_fraction=spec.get("init_v_fraction", 0.0))
+    return snn, spec
+
+
+def simulate_run(snn_dir: str | Path, timesteps: int = 10, data_root: str | None = None, samples: int | None = None,
+                 encoding: str | None = None, progress: bool = True) -> SimResult:
+    snn, spec = load_snn(snn_dir)
+    config = json.loads((Path(snn_dir).parent / "config.json").read_text()).get("config", {}) \
+        if (Path(snn_dir).parent / "config.json").exists() else {}
+    root = data_root or config.get("data_root")
+    splits = data.load(spec["dataset"], root)
+    if splits.is_event:
+        frames = config.get("frames") or {"n_time_bins": timesteps}
+        splits = data.load(spec["dataset"], root, representation="frames", **frames)
+    return simulate(snn, splits.test, timesteps, tuple(spec["input_shape"]), encoding=encoding, samples=samples,
+                    progress=progress, collate_fn=splits.collate_fn)

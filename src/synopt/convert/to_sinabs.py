@@ -20,16 +20,19 @@ import torch.nn as nn
 
 from synopt import energy
 from synopt.convert.qrelu import spike_count_score
+from synopt.simulate.kernels import if_forward
 
 ENCODINGS = ("count", "rate", "poisson", "events")
 
 
 class IFSqueeze(sl.IAFSqueeze):
-    """sinabs ``IAFSqueeze`` with a lean time loop for inference and a configurable initial membrane.
+    """sinabs ``IAFSqueeze`` with a fused time loop for inference and a configurable initial membrane.
 
     Dynamics per step t (subtractive reset, MultiSpike): ``v += x_t; s = max(floor(v / θ), 0); v -= s θ;
-    v = max(v, v_min)``; SingleSpike emits at most one spike per step. With gradients enabled it defers to sinabs'
-    own implementation, so training through it keeps sinabs' surrogate gradients.
+    v = max(v, v_min)``; SingleSpike emits at most one spike per step (``synopt.simulate.kernels``). Every call starts
+    from the membrane left by the previous call until ``reset_membrane()`` (``SpikingNetwork`` resets before every
+    batch), so the network can be stepped through time one step per call. With gradients enabled it
+    defers to sinabs' own implementation, so training through it keeps sinabs' surrogate gradients.
     """
 
     def __init__(self, spike_threshold: float = 1.0, single_spike: bool = False, min_v_mem: float | None = None,
@@ -39,6 +42,11 @@ class IFSqueeze(sl.IAFSqueeze):
                          min_v_mem=None if min_v_mem is None else float(min_v_mem))
         self.single_spike = single_spike
         self.init_v_fraction = float(init_v_fraction)
+        self._v: torch.Tensor | None = None  # membrane of the inference path; None = start from the initial value
+
+    def reset_membrane(self) -> None:
+        """Forget the membrane: the next call starts from the initial value (a new batch)."""
+        self._v = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t_steps = self.num_timesteps
@@ -48,20 +56,10 @@ class IFSqueeze(sl.IAFSqueeze):
             return super().forward(x)
         xs = x.reshape(x.shape[0] // t_steps, t_steps, *x.shape[1:])
         theta = float(self.spike_threshold)
-        v = torch.full_like(xs[:, 0], self.init_v_fraction * theta)
-        out = torch.empty_like(xs)
-        v_min = self.min_v_mem
-        for t in range(t_steps):
-            v.add_(xs[:, t])
-            if self.single_spike:
-                s = (v >= theta).to(v.dtype)
-            else:
-                s = torch.floor(v / theta).clamp_(min=0)
-            v.sub_(s * theta)
-            if v_min is not None:
-                v.clamp_(min=float(v_min))
-            out[:, t] = s
-        self.v_mem = v
+        v = self._v
+        if v is None or v.shape != xs[:, 0].shape or v.dtype != xs.dtype:
+            v = self._v = torch.full_like(xs[:, 0], self.init_v_fraction * theta).contiguous()
+        out = if_forward(xs, v, theta, self.min_v_mem, self.single_spike)
         return out.reshape_as(x)
 
 
@@ -89,16 +87,29 @@ class SpikingNetwork(nn.Module):
         return [m for m in self.modules() if isinstance(m, IFSqueeze)]
 
     def forward(self, x_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``x_seq`` [B, T, ...] -> (output current [B, T, K], output spikes [B, T, K] or None)."""
+        """``x_seq`` [B, T, ...] -> (output current [B, T, K], output spikes [B, T, K] or None).
+
+        Without gradients the network is stepped one time step at a time (each step is one ANN-sized pass, the
+        cheapest order on CPU); with gradients all steps go through at once as ``[B*T, ...]`` (sinabs' layout).
+        """
         b, t_steps = x_seq.shape[:2]
-        for layer in self.if_layers():
-            layer.num_timesteps = t_steps
+        layers = self.if_layers()
         sinabs.reset_states(self)
+        for layer in layers:
+            layer.reset_membrane()
+        stepwise = not (torch.is_grad_enabled() and x_seq.requires_grad)
+        for layer in layers:
+            layer.num_timesteps = 1 if stepwise else t_steps
         with self._bias_per_step(t_steps):
+            if stepwise:
+                currents = [self.body(x_seq[:, t]) for t in range(t_steps)]
+                spikes = [self.output_if(c) for c in currents] if self.output_if is not None else None
+                current = torch.stack(currents, 1)
+                return current, None if spikes is None else torch.stack(spikes, 1)
             current = self.body(x_seq.reshape(b * t_steps, *x_seq.shape[2:]))
-        spikes = self.output_if(current) if self.output_if is not None else None
+        out = self.output_if(current) if self.output_if is not None else None
         current = current.reshape(b, t_steps, *current.shape[1:])
-        return current, None if spikes is None else spikes.reshape(b, t_steps, *spikes.shape[1:])
+        return current, None if out is None else out.reshape(b, t_steps, *out.shape[1:])
 
     @contextlib.contextmanager
     def _bias_per_step(self, t_steps: int):

@@ -1,0 +1,179 @@
+"""Conversion core: QReLU, rho scaling, SynOp loss, IF dynamics, count coding, simulation accounting."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from synopt import energy
+from synopt.convert.qat import SynOpLoss
+from synopt.convert.qrelu import OutputQReLU, QReLU, spike_count_score, swap_activations
+from synopt.convert.rho import input_and_output_layers, scale_first_layer
+from synopt.convert.to_sinabs import IFSqueeze, SpikingNetwork, to_sinabs
+from synopt.simulate.kernels import if_forward
+from synopt.simulate.run import encode, simulate
+
+
+def test_qrelu_forward_floor_backward_relu():
+    x = torch.tensor([-1.5, -0.2, 0.0, 0.4, 1.0, 2.7], requires_grad=True)
+    y = QReLU()(x)
+    assert y.tolist() == [0.0, 0.0, 0.0, 0.0, 1.0, 2.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_output_qrelu_train_identity_eval_counts():
+    head = OutputQReLU()
+    x = torch.tensor([[2.7, -1.0, 2.2]])
+    head.train()
+    assert torch.equal(head(x), x)
+    head.eval()
+    scores = head(x)
+    assert torch.allclose(scores.floor(), torch.tensor([[2.0, 0.0, 2.0]]))
+    assert scores.argmax().item() == 0  # tie on count 2 broken by the larger current 2.7
+    assert torch.equal(spike_count_score(torch.tensor([1.0, 0.0]), torch.tensor([-50.0, 50.0])).argmax(),
+                       torch.tensor(0))
+
+
+def _mlp(bias=True):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 6, bias=bias), nn.ReLU(), nn.Linear(6, 5, bias=bias), nn.ReLU(),
+                         nn.Linear(5, 3, bias=bias))
+
+
+def test_rho_scaling_keeps_the_relu_function_and_scales_activity():
+    net = _mlp()
+    assert input_and_output_layers(net) == (["0"], ["4"])
+    scaled = scale_first_layer(net, 3.0)
+    x = torch.randn(8, 4)
+    assert torch.allclose(scaled(x), net(x), atol=1e-5)
+    assert torch.allclose(scaled[:2](x), 3.0 * net[:2](x), atol=1e-5)
+    assert torch.allclose(scaled[:4](x), 3.0 * net[:4](x), atol=1e-5)
+    with pytest.raises(ValueError, match="positive"):
+        scale_first_layer(net, 0.0)
+
+
+def test_synop_loss_is_eq2_with_alpha_one_over_target_squared():
+    acc = energy.analyze(_mlp(), (4,))
+    loss = SynOpLoss(acc, target=100.0)
+    assert loss(torch.tensor(150.0)).item() == pytest.approx(0.25)
+    assert loss(torch.tensor(100.0)).item() == 0.0
+    penalty = SynOpLoss(acc, alpha=1e-3)
+    assert penalty(torch.tensor(150.0)).item() == pytest.approx(0.15)
+    with pytest.raises(ValueError, match="target"):
+        SynOpLoss(acc)
+    with pytest.raises(ValueError, match="positive"):
+        SynOpLoss(acc, target=-5)
+
+
+def test_if_dynamics_by_hand():
+    x = torch.tensor([0.6, 0.6, 0.6, 2.5, -3.0, 0.4]).view(1, 6, 1)
+    v = torch.zeros(1, 1)
+    # v: .6 -> 1.2 fire 1 (.2) -> .8 -> 3.3 fire 3 (.3) -> -2.7 -> -2.3
+    assert if_forward(x, v.clone(), 1.0).flatten().tolist() == [0, 1, 0, 3, 0, 0]
+    # single spike: .6 -> 1.2 fire (.2) -> .8 -> 3.3 fire once (2.3) -> -.7 -> -.3
+    assert if_forward(x, v.clone(), 1.0, single_spike=True).flatten().tolist() == [0, 1, 0, 1, 0, 0]
+    # lower bound -1: after -3.0 the membrane is clipped to -1, then -1 + .4 = -.6
+    v_b = v.clone()
+    assert if_forward(x, v_b, 1.0, v_min=-1.0).flatten().tolist() == [0, 1, 0, 3, 0, 0]
+    assert v_b.item() == pytest.approx(-0.6)
+    # starting at θ/2
+    assert if_forward(x[:, :2], torch.full((1, 1), 0.5), 1.0).flatten().tolist() == [1, 0]
+
+
+def test_numba_kernel_equals_torch_loop():
+    torch.manual_seed(1)
+    x = torch.randn(3, 7, 2, 5, 5)
+    for single in (False, True):
+        for v_min in (None, -0.5):
+            a = if_forward(x, torch.zeros(3, 2, 5, 5), 0.7, v_min, single, use_numba=True)
+            b = if_forward(x, torch.zeros(3, 2, 5, 5), 0.7, v_min, single, use_numba=False)
+            assert torch.equal(a, b)
+
+
+def test_stepwise_equals_all_at_once():
+    layer = IFSqueeze(1.0)
+    x = torch.rand(2 * 5, 3) * 2
+    layer.num_timesteps = 5
+    layer.reset_membrane()
+    whole = layer(x).view(2, 5, 3)
+    layer.reset_membrane()
+    layer.num_timesteps = 1
+    xs = x.view(2, 5, 3)
+    steps = torch.stack([layer(xs[:, t]) for t in range(5)], 1)
+    assert torch.equal(whole, steps)
+
+
+@pytest.mark.parametrize("timesteps", [1, 3, 8])
+def test_count_coding_first_layer_fires_floor_of_activation(timesteps):
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(4)
+        net[0].bias.fill_(0.3)  # biases are injected as b/T per step under count coding
+    snn = to_sinabs(net, encoding="count")
+    x = torch.rand(6, 1, 5, 5)
+    acc = energy.analyze(snn.body, (1, 5, 5))
+    with torch.no_grad(), energy.ActivityRecorder(snn.body, acc, detach=True) as rec:
+        snn(encode(x, timesteps, "count"))
+    counts = rec.activity["1"]
+    expected = torch.floor(torch.relu(net[0](x))).detach()
+    # floor(sum of T equal charges) can differ from floor(total) only through float rounding of x/T
+    assert (counts - expected).abs().max() <= 1 and (counts != expected).float().mean() < 0.01
+    # the simulated SynOps are psi-weighted spike counts, and equal the QReLU estimate on the same spikes
+    qnet = swap_activations(nn.Sequential(*[m for m in net]), QReLU)
+    with torch.no_grad(), energy.ActivityRecorder(qnet, acc, detach=True) as rec_q:
+        qnet(x)
+    assert torch.isclose(energy.synops(acc, {"1": counts}), energy.synops(acc, rec_q.activity), rtol=0.01)
+
+
+def test_rate_coding_injects_bias_every_step():
+    net = nn.Sequential(nn.Linear(1, 1), nn.ReLU(), nn.Linear(1, 1))
+    with torch.no_grad():
+        net[0].weight.fill_(0.5)
+        net[0].bias.fill_(0.25)
+    x = torch.ones(1, 1)
+    acc = energy.analyze(net, (1,))
+    for encoding, expected in (("rate", 7.0), ("count", 0.0)):  # rate: 0.75/step x 10 steps; count: 0.75 total
+        snn = to_sinabs(net, encoding=encoding)
+        with torch.no_grad(), energy.ActivityRecorder(snn.body, acc, detach=True) as rec:
+            snn(encode(x, 10, encoding))
+        assert rec.activity["1"].sum().item() == expected
+
+
+def test_to_sinabs_thresholds_and_errors():
+    net = _mlp()
+    snn = to_sinabs(net, encoding="count", thresholds={"1": 2.0})
+    ifs = {n: m for n, m in snn.body.named_modules() if isinstance(m, IFSqueeze)}
+    assert float(ifs["1"].spike_threshold) == 2.0 and float(ifs["3"].spike_threshold) == 1.0
+    assert net[1].__class__ is nn.ReLU  # the input network is not modified
+    with pytest.raises(ValueError, match="unknown sites"):
+        to_sinabs(net, encoding="count", thresholds={"nope": 1.0})
+    with pytest.raises(ValueError, match="encoding"):
+        to_sinabs(net, encoding="morse")
+    with pytest.raises(ValueError, match="no activation sites"):
+        to_sinabs(nn.Sequential(nn.Linear(2, 2)), encoding="count")
+
+
+def test_simulate_counts_with_the_same_accounting(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(3 * 2 * 2, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.abs_().mul_(3)
+        net[4].weight.fill_(-1.0)  # an output layer that never fires: the simulator must say so
+    x = torch.rand(10, 1, 4, 4)
+    y = torch.randint(0, 2, (10,))
+    snn = to_sinabs(net, encoding="count")
+    with pytest.warns(UserWarning, match="output layer was silent"):
+        res = simulate(snn, TensorDataset(x, y), 5, (1, 4, 4), batch_size=4, progress=False)
+    acc = energy.analyze(net, (1, 4, 4))
+    with torch.no_grad(), energy.ActivityRecorder(snn.body, acc, detach=True) as rec:
+        snn(encode(x, 5, "count"))
+    expected = energy.synops(acc, rec.activity, n_samples=10).item()
+    assert res.synops == pytest.approx(expected)
+    # by hand: every spike of site "1" reaches, through the 2x2 sum pool, the 2 outputs of the linear layer
+    assert res.synops == pytest.approx(2 * rec.activity["1"].sum().item() / 10)
+    assert len(res.accuracy_per_step) == 5 and res.samples == 10
+    assert res.firing_rate["1"] == pytest.approx(rec.activity["1"].sum().item() / (48 * 10 * 5))

@@ -177,3 +177,24 @@ def test_simulate_counts_with_the_same_accounting(tmp_path):
     assert res.synops == pytest.approx(2 * rec.activity["1"].sum().item() / 10)
     assert len(res.accuracy_per_step) == 5 and res.samples == 10
     assert res.firing_rate["1"] == pytest.approx(rec.activity["1"].sum().item() / (48 * 10 * 5))
+
+
+def test_count_coding_with_a_folded_input_offset():
+    from synopt.graph import prepare
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, bias=False), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+    with torch.no_grad():
+        net[0].weight.abs_().mul_(4)
+    # the model expects inputs in -1..1; synopt feeds 0..1: the offset stays an explicit add before the padded conv
+    prepared, _ = prepare(net, input_convention={"input_range": (-1.0, 1.0)})
+    assert prepared.meta["synopt_input"].get("offset")
+    x = torch.rand(5, 1, 4, 4)
+    expected = torch.floor(torch.relu(net[0](x * 2 - 1))).detach()
+    snn = to_sinabs(prepared, encoding="count")
+    acc = energy.analyze(snn.body, (1, 4, 4))
+    with torch.no_grad(), energy.ActivityRecorder(snn.body, acc, detach=True) as rec:
+        snn(encode(x, 6, "count"))
+    site = next(iter(rec.activity))
+    assert (rec.activity[site] - expected).abs().max() <= 1
+    assert (rec.activity[site] != expected).float().mean() < 0.02

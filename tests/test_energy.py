@@ -287,3 +287,24 @@ def test_analyze_inside_no_grad():
     with torch.no_grad():
         acc = analyze(model, (4,))
     assert torch.all(acc.layer("0").psi == 3)
+
+
+def test_explicit_zero_padding_before_conv():
+    padded = nn.Sequential(nn.ReLU(), nn.ZeroPad2d((1, 0, 1, 0)), nn.Conv2d(1, 2, 3, bias=False))
+    reference = nn.Conv2d(1, 2, 3, bias=False)
+
+    class Ref(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.r = nn.ReLU()
+            self.c = reference
+
+        def forward(self, x):
+            return self.c(F.pad(self.r(x), (1, 0, 1, 0)))
+
+    a = analyze(padded, (1, 4, 4)).layer("0").psi
+    b = analyze(Ref(), (1, 4, 4)).layer("r").psi
+    assert torch.equal(a, b)
+    # asymmetric pad (left/top 1): 3x3 valid conv over the 5x5 padded map -> 3x3 outputs
+    cover = torch.tensor([2.0, 3.0, 2.0, 1.0])  # rows 0..3 of the original map are covered 2,3,2,1 times
+    assert torch.equal(a[0], 2 * torch.outer(cover, cover))

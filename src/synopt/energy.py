@@ -47,7 +47,6 @@ __all__ = [
     "NetworkAccount",
     "analyze",
     "is_activation_site",
-    "trace",
     "ActivityRecorder",
     "synops",
     "omega",
@@ -151,14 +150,6 @@ def _trace(model: nn.Module) -> fx.GraphModule:
             "in a leaf module."
         ) from exc
     return fx.GraphModule(model, graph)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Trace ``model`` with the accounting's tracer (activation sites and sinabs layers stay leaf modules).
-
-    The returned GraphModule shares its submodules with ``model`` (copy the model first to keep it untouched).
-    """
-    return _trace(model)
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -346,6 +337,7 @@ _SHAPE_FUNCTIONS = {
     torch.concat, torch.stack, torch.chunk, torch.split, operator.getitem, torch.clone, F.dropout, F.dropout2d,
     torch.nn.functional.softmax, torch.nn.functional.log_softmax, torch.softmax, torch.log_softmax,
 }
+_PAD_FUNCTIONS = {F.pad}
 _ADD_FUNCTIONS = {operator.add, torch.add, operator.sub, torch.sub, operator.iadd}
 _SCALE_FUNCTIONS = {operator.mul, torch.mul, operator.truediv, torch.div}
 _RELU_FUNCTIONS = {F.relu, torch.relu}
@@ -470,7 +462,10 @@ class _Account(fx.Interpreter):
             return self._wrap_const(real)
         if isinstance(mod, _PASSTHROUGH_MODULES):
             return _Val(real, x.ones, x.reach)
-        if isinstance(mod, (nn.Flatten, nn.Unflatten)):
+        if isinstance(mod, (nn.Flatten, nn.Unflatten, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d,
+                            nn.ConstantPad2d, nn.ConstantPad3d)):
+            if isinstance(mod, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)):  # padding is no spike
+                return _Val(real, F.pad(x.ones, mod.padding), x.reach)
             return _Val(real, mod(x.ones), x.reach)
         dims = _pool_dims(mod)
         if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)):
@@ -543,6 +538,9 @@ class _Account(fx.Interpreter):
                 raise self._fail("product of two spiking tensors")
             src = spiking[0] if spiking else vals[0]
             return _Val(real, src.ones.expand_as(real), reach)
+        if target in _PAD_FUNCTIONS:  # zero (or constant) padding carries no spikes
+            pad = real_args[1] if len(real_args) > 1 else real_kwargs["pad"]
+            return _Val(real, F.pad(vals[0].ones, pad), vals[0].reach)
         if target in _SHAPE_FUNCTIONS:
             ones_args = _map(lambda a: a.ones if isinstance(a, _Val) else a, args)
             ones_kwargs = _map(lambda a: a.ones if isinstance(a, _Val) else a, kwargs)

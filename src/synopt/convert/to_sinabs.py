@@ -113,23 +113,26 @@ class SpikingNetwork(nn.Module):
 
     @contextlib.contextmanager
     def _bias_per_step(self, t_steps: int):
-        """Count coding (and events) spreads the ANN's total charge over T steps, so each bias is injected as b/T per
-        step; rate coding injects b every step."""
+        """Count coding (and events) spreads the ANN's total charge over T steps, so each bias (and a folded input
+        offset) is injected as b/T per step; rate coding injects b every step."""
         if self.encoding == "rate" or self.encoding == "poisson" or t_steps == 1:
             yield
             return
-        saved = []
+        constants = [mod.bias for mod in self.body.modules()
+                     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and mod.bias is not None]
+        offsets = getattr(self.body, "meta", {}).get("synopt_input", {}).get("offset") or []
+        for name in offsets:  # input offsets kept by fold_input_normalization are constant currents too
+            constants.append(self.body.get_buffer(name))
+        saved = [c.detach().clone() for c in constants]
         with torch.no_grad():
-            for mod in self.body.modules():
-                if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and mod.bias is not None:
-                    saved.append((mod, mod.bias.detach().clone()))
-                    mod.bias.div_(t_steps)
+            for c in constants:
+                c.div_(t_steps)
         try:
             yield
         finally:
             with torch.no_grad():
-                for mod, bias in saved:
-                    mod.bias.copy_(bias)
+                for c, value in zip(constants, saved):
+                    c.copy_(value)
 
     @staticmethod
     def scores(current: torch.Tensor, spikes: torch.Tensor | None) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -81,14 +82,33 @@ def estimate(qnet: QReLUNetwork, account: energy.NetworkAccount, data: Dataset, 
     return correct / seen, sum(per_layer.values()), per_layer
 
 
+def annealed_targets(start: float, target: float, epochs: int, anneal_fraction: float = 0.5) -> list[float]:
+    """Per-epoch SynOp targets: geometric steps from the current SynOps ``start`` down (or up) to ``target`` over the
+    first ``anneal_fraction`` of the epochs, then ``target``. The paper reaches low budgets by a schedule of
+    halved targets (section 2.4.2 step 3 of 003_*); this applies the same idea within one run."""
+    if start <= 0 or epochs < 1:
+        return [target] * max(epochs, 1)
+    ramp = max(1, math.ceil(anneal_fraction * epochs))
+    return [start ** (1 - min(1.0, (e + 1) / ramp)) * target ** min(1.0, (e + 1) / ramp) for e in range(epochs)]
+
+
 def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: TrainConfig, input_shape,
-             target: float | None = None, alpha: float | None = None,
+             target: float | None = None, alpha: float | None = None, anneal: bool = True,
              checkpoint_dir: str | Path | None = None, desc: str = "qat",
              on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Fine-tune ``qnet`` in place with cross-entropy + SynOp loss; returns the epoch history."""
+    """Fine-tune ``qnet`` in place with cross-entropy + SynOp loss; returns the epoch history.
+
+    With ``anneal`` the target moves geometrically from the network's current SynOps to ``target`` over the first
+    half of the epochs (``annealed_targets``), which keeps the SynOp term from swamping the classification loss when
+    the budget is far below the current activity.
+    """
     account = energy.analyze(qnet.net, input_shape)
     loss_fn = SynOpLoss(account, target, alpha)
     recorder = energy.ActivityRecorder(qnet.net, account)
+    schedule = None
+    if target is not None and anneal:
+        start = estimate(qnet, account, val if val is not None else train, 1000)[1]
+        schedule = annealed_targets(start, target, cfg.epochs)
 
     class _Recorded(nn.Module):
         """Runs qnet with the recorder attached so the loss sees this step's activity."""
@@ -103,14 +123,18 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
             with recorder:
                 return self.qnet(x)
 
-    wrapped = _Recorded()
-
     def extra_logged(_model, x, _logits):
         s = recorder.synops(len(x))
         recorder.activity = {}
         term = loss_fn(s)
-        return term, {"synops": float(s.detach()), "synop_loss": float(term.detach())}
+        return term, {"synops": float(s.detach()), "synop_loss": float(term.detach()),
+                      "target": float(loss_fn.target) if loss_fn.target is not None else 0.0}
 
-    history = fit(wrapped, train, val, cfg, extra_loss=extra_logged, checkpoint_dir=checkpoint_dir, desc=desc,
-                  on_epoch_end=on_epoch_end)
+    def epoch_start(epoch: int) -> None:
+        if schedule is not None:
+            loss_fn.target = schedule[epoch]
+            loss_fn.alpha = 1.0 / schedule[epoch] ** 2
+
+    history = fit(_Recorded(), train, val, cfg, extra_loss=extra_logged, checkpoint_dir=checkpoint_dir, desc=desc,
+                  on_epoch_end=on_epoch_end, on_epoch_start=epoch_start)
     return history.epochs

@@ -75,7 +75,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, batch_size: int = 256
 def fit(model: nn.Module, train: Dataset, val: Dataset | None, cfg: TrainConfig,
         extra_loss: ExtraLoss | None = None, checkpoint_dir: str | Path | None = None,
         param_groups: list[dict] | None = None, desc: str = "train",
-        on_epoch_end: Callable[[int, dict], None] | None = None) -> History:
+        on_epoch_end: Callable[[int, dict], None] | None = None,
+        on_epoch_start: Callable[[int], None] | None = None) -> History:
     """Train ``model`` with cross-entropy (+ ``extra_loss``); checkpoint each epoch and resume from the last one.
 
     ``extra_loss(model, x, logits)`` returns a scalar added to the loss and a dict of numbers shown live and logged.
@@ -96,6 +97,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None, cfg: TrainConfig,
         start = int(state["epoch"]) + 1
         history.epochs = list(state.get("history", []))
     for epoch in range(start, cfg.epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         model.train()
         dl = loader(train, cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, num_workers=cfg.num_workers)
         sums: dict[str, float] = {}

@@ -154,7 +154,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
                         eval_samples=args.samples, init_v_fraction=args.init_v, min_v_mem=args.min_v_mem,
                         single_spike=args.single_spike, percentile=args.percentile, frames=frames, seed=args.seed,
-                        progress=not args.quiet)
+                        train_epochs=args.train_epochs, progress=not args.quiet)
+    if args.train_epochs and (args.onnx or args.checkpoint):
+        raise UserError("--train-epochs trains a zoo model from scratch; it cannot be combined with --onnx or "
+                        "--checkpoint")
     metrics = run_conversion(cfg)
     print((Path(args.out) / "summary.md").read_text())
     print(f"run folder: {args.out}")
@@ -236,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--onnx", help="trained model as an ONNX file")
     src.add_argument("--model", help="zoo model name (with --checkpoint for trained weights)")
     cv.add_argument("--checkpoint", help="state_dict of the zoo model (torch.save; loaded weights-only)")
+    cv.add_argument("--train-epochs", type=int, default=0,
+                    help="train the zoo model from scratch for this many epochs first (no checkpoint needed)")
     cv.add_argument("--onnx-output", help="graph output to use when the ONNX model has several (name or index)")
     cv.add_argument("--input", type=parse_shape, help="zoo model input CxHxW (default: the model's own)")
     cv.add_argument("--dataset", default="digits", help="dataset name (see `synopt data list`; default digits)")
@@ -248,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                            "from the previous one (default 1: one target)")
     cv.add_argument("--timesteps", "-T", type=int, default=10, help="simulation time steps (default 10)")
     cv.add_argument("--epochs", type=int, default=5, help="QAT epochs per target (default 5)")
-    cv.add_argument("--lr", type=float, default=1e-4)
+    cv.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (Adam, cosine; default 1e-3)")
     cv.add_argument("--weight-decay", type=float, default=0.0)
     cv.add_argument("--batch-size", type=int, default=64)
     cv.add_argument("--rho", type=float, help="first-layer scale (default: chosen automatically)")

@@ -20,7 +20,7 @@ from synopt.convert.qat import QReLUNetwork, estimate, finetune, qrelu_network
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.source import ModelSource, keep_copy, load_model
 from synopt.convert.to_sinabs import to_sinabs
-from synopt.finetune.train import TrainConfig, evaluate
+from synopt.finetune.train import TrainConfig, evaluate, fit
 from synopt.runs import RunDir, save_checkpoint, write_json, write_text
 from synopt.simulate.run import SimResult, simulate
 
@@ -53,6 +53,8 @@ class ConvertConfig:
     maxpool: str = "avg"
     percentile: float = 99.9
     frames: dict = field(default_factory=dict)  # event framing options for event datasets (n_time_bins/event_count)
+    train_epochs: int = 0  # >0: first train the (zoo) ANN from scratch for this many epochs
+    train_lr: float = 3e-3
     seed: int = 0
     progress: bool = True
 
@@ -133,6 +135,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         raise ValueError(f"unknown method {cfg.method!r}; choose qrelu, scale or rho")
     if cfg.method == "qrelu" and cfg.target_synops is None:
         raise ValueError("--target-synops is required for --method qrelu (e.g. --target-synops 1e6)")
+    if cfg.target_synops is not None and not cfg.target_synops > 0:
+        raise ValueError(f"--target-synops must be positive, got {cfg.target_synops:g}")
     if cfg.timesteps < 1:
         raise ValueError(f"--timesteps must be >= 1, got {cfg.timesteps}")
     torch.manual_seed(cfg.seed)
@@ -146,6 +150,14 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         raise ValueError(f"the model expects input {tuple(model_shape)} but dataset {cfg.dataset!r} gives "
                          f"{tuple(splits.input_shape)}; choose a matching dataset or fold the input convention")
     shape = tuple(splits.input_shape)
+    if cfg.train_epochs > 0:
+        ann_cfg = TrainConfig(epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.train_lr, seed=cfg.seed,
+                              progress=cfg.progress)
+        hist = fit(model, splits.train, splits.val, ann_cfg, checkpoint_dir=out / "checkpoints" / "ann", desc="ANN")
+        save_checkpoint(out / "source" / "ann.pt", {"state_dict": model.state_dict()})
+        notes[:] = [n for n in notes if not n.startswith("no checkpoint given")]
+        notes.append(f"trained the ANN from scratch for {cfg.train_epochs} epochs "
+                     f"(validation accuracy {100 * hist.epochs[-1].get('val_acc', float('nan')):.2f}%)")
     ann = _prepare(model, notes)
     ann.eval()
     account = energy.analyze(ann, shape)

@@ -1,0 +1,60 @@
+"""`synopt convert` / `synopt simulate` end to end on the embedded digits data."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from synopt.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("conv") / "run"
+    code = main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "12",
+                 "--target-synops", "6e4", "--epochs", "4", "--lr", "1e-2", "--timesteps", "6", "--samples", "200",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_convert_writes_a_complete_run_folder(run_dir):
+    for name in ("config.json", "metrics.json", "summary.md", "layers.txt", "snn/spec.json", "snn/weights.pt",
+                 "plots/accuracy_vs_synops.png", "plots/accuracy_per_step.svg", "plots/synops_per_layer.png",
+                 "source/ann.pt", "points/point0.pt"):
+        assert (run_dir / name).exists(), name
+    m = json.loads((run_dir / "metrics.json").read_text())
+    point = m["points"][0]
+    assert len(point["accuracy_per_step"]) == 6
+    # the simulated SynOps agree with the QReLU estimate (count coding) and are calibrated onto the target
+    assert point["sim_synops"] == pytest.approx(point["qrelu_synops"], rel=0.05)
+    assert point["sim_synops"] == pytest.approx(6e4, rel=0.1)
+    assert m["macs"] == 84_224
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    assert config["target_synops"] == 6e4 and config["source"]["name"] == "digitsnet"
+
+
+def test_simulate_reloads_the_snn(run_dir, tmp_path):
+    out = tmp_path / "sim.json"
+    assert main(["simulate", str(run_dir / "snn"), "--timesteps", "6", "--samples", "200", "--quiet",
+                 "--json", str(out)]) == 0
+    sim = json.loads(out.read_text())
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert sim["synops"] == pytest.approx(m["points"][0]["sim_synops"], rel=1e-6)
+    assert sim["accuracy"] == pytest.approx(m["points"][0]["sim_accuracy"])
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["convert", "--model", "digitsnet", "--out", "OUT"], "--target-synops"),
+    (["convert", "--onnx", "/nonexistent/model.onnx", "--target-synops", "1e5", "--out", "OUT"],
+     "/nonexistent/model.onnx"),
+    (["convert", "--model", "digitsnet", "--method", "qrelu", "--target-synops", "-3", "--out", "OUT"], "positive"),
+    (["convert", "--model", "cnn7", "--dataset", "digits", "--target-synops", "1e5", "--out", "OUT"], "expects input"),
+    (["simulate", "/nonexistent/snn"], "spec.json"),
+])
+def test_convert_user_errors(args, needle, tmp_path):
+    args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
+    r = subprocess.run([sys.executable, "-m", "synopt.cli", *args], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr

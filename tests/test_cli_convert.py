@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from synopt.cli import main
 
@@ -58,3 +59,39 @@ def test_convert_user_errors(args, needle, tmp_path):
     r = subprocess.run([sys.executable, "-m", "synopt.cli", *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+class _Bytes255(torch.nn.Module):
+    """A model 'in the wild' that expects raw 0..255 pixels."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x / 255.0)
+
+
+def test_onnx_with_input_range_and_robust_scaling(run_dir, tmp_path):
+    from synopt import zoo
+    from synopt.runs import load_checkpoint
+
+    net = zoo.build("digitsnet")
+    net.load_state_dict(load_checkpoint(run_dir / "source" / "ann.pt")["state_dict"])
+    path = tmp_path / "bytes.onnx"
+    torch.onnx.export(_Bytes255(net).eval(), (torch.rand(1, 1, 8, 8) * 255,), str(path), dynamo=False,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+    out = tmp_path / "scale"
+    assert main(["convert", "--onnx", str(path), "--input-range", "0,255", "--method", "scale", "--timesteps", "32",
+                 "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["ann_accuracy"] > 0.85  # the folded 0..255 convention gives the trained ANN back on 0..1 data
+    assert m["points"][0]["sim_accuracy"] > m["ann_accuracy"] - 0.05
+    spec = json.loads((out / "snn" / "spec.json").read_text())
+    assert spec["encoding"] == "rate" and spec["prepare"]["input_convention"]["input_range"] == [0.0, 255.0]
+    out_rho = tmp_path / "rho"
+    assert main(["convert", "--onnx", str(path), "--input-range", "0,255", "--method", "rho", "--timesteps", "8",
+                 "--samples", "100", "--out", str(out_rho), "--quiet"]) == 0
+    pts = json.loads((out_rho / "metrics.json").read_text())["points"]
+    syn = [p["sim_synops"] for p in pts]
+    assert [p["rho"] for p in pts] == sorted(p["rho"] for p in pts) and syn == sorted(syn)  # more rho, more SynOps

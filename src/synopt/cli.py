@@ -28,6 +28,19 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def parse_floats(count: int | None = None) -> Callable[[str], tuple[float, ...]]:
+    """'0.5,0.4,0.3' -> (0.5, 0.4, 0.3); with ``count`` the number of values is checked."""
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+        if count is not None and len(values) != count:
+            raise argparse.ArgumentTypeError(f"{text!r} must have {count} comma-separated numbers")
+        return values
+    return parse
+
+
 # ---- count ------------------------------------------------------------------------------------------------------------
 
 
@@ -145,6 +158,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         overrides = {"in_channels": args.input[0], "input_size": list(args.input[1:])} if args.input else {}
         source = ModelSource("zoo", name=args.model, checkpoint=args.checkpoint, overrides=overrides)
+    convention = {}
+    if args.input_range:
+        convention["input_range"] = args.input_range
+    if args.mean:
+        convention["mean"] = args.mean
+    if args.std:
+        convention["std"] = args.std
+    if args.grayscale_to_rgb:
+        convention["grayscale_to_rgb"] = True
     frames = {}
     if args.event_count:
         frames = {"event_count": args.event_count}
@@ -154,7 +176,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
                         eval_samples=args.samples, init_v_fraction=args.init_v, min_v_mem=args.min_v_mem,
                         single_spike=args.single_spike, percentile=args.percentile, frames=frames, seed=args.seed,
-                        train_epochs=args.train_epochs, progress=not args.quiet)
+                        train_epochs=args.train_epochs, progress=not args.quiet,
+                        maxpool="keep" if args.keep_maxpool else "avg", bias="remove" if args.remove_bias else "keep",
+                        input_convention=convention or None)
     if args.train_epochs and (args.onnx or args.checkpoint):
         raise UserError("--train-epochs trains a zoo model from scratch; it cannot be combined with --onnx or "
                         "--checkpoint")
@@ -243,6 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train the zoo model from scratch for this many epochs first (no checkpoint needed)")
     cv.add_argument("--onnx-output", help="graph output to use when the ONNX model has several (name or index)")
     cv.add_argument("--input", type=parse_shape, help="zoo model input CxHxW (default: the model's own)")
+    cv.add_argument("--input-range", type=parse_floats(2), metavar="LO,HI",
+                    help="the value range the model expects, e.g. 0,255 or -1,1 (synopt feeds 0..1; folded in)")
+    cv.add_argument("--mean", type=parse_floats(), help="per-channel mean the model subtracts, e.g. 0.485,0.456,0.406")
+    cv.add_argument("--std", type=parse_floats(), help="per-channel std the model divides by")
+    cv.add_argument("--grayscale-to-rgb", action="store_true",
+                    help="the dataset is grayscale but the model expects 3 channels (folded into the first layer)")
+    cv.add_argument("--keep-maxpool", action="store_true",
+                    help="keep max pooling on spikes (default: replaced by average pooling, which converts better)")
+    cv.add_argument("--remove-bias", action="store_true", help="drop biases (default: constant input currents)")
     cv.add_argument("--dataset", default="digits", help="dataset name (see `synopt data list`; default digits)")
     cv.add_argument("--data-root", help="data root (or set SYNOPT_DATA_ROOT)")
     cv.add_argument("--method", choices=("qrelu", "scale", "rho"), default="qrelu",

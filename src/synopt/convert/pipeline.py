@@ -50,7 +50,9 @@ class ConvertConfig:
     init_v_fraction: float = 0.0
     min_v_mem: float | None = None
     single_spike: bool = False
-    maxpool: str = "avg"
+    maxpool: str = "avg"  # avg | keep
+    bias: str = "keep"  # keep | remove
+    input_convention: dict | None = None  # fold_input_normalization keywords: input_range, mean, std, grayscale_to_rgb
     percentile: float = 99.9
     frames: dict = field(default_factory=dict)  # event framing options for event datasets (n_time_bins/event_count)
     train_epochs: int = 0  # >0: first train the (zoo) ANN from scratch for this many epochs
@@ -59,10 +61,17 @@ class ConvertConfig:
     progress: bool = True
 
 
-def _prepare(model, notes):
+def prepare_options(cfg: "ConvertConfig | dict") -> dict:
+    """The ``synopt.graph.prepare`` keywords of a run (recorded in snn/spec.json so reloading prepares alike)."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    return {"fold_bn": True, "maxpool": get("maxpool", "avg"), "softmax": "remove", "bias": get("bias", "keep"),
+            "input_convention": get("input_convention")}
+
+
+def _prepare(model, cfg: ConvertConfig, notes):
     from synopt.graph import prepare
 
-    prepared, more = prepare(model, fold_bn=True, maxpool="avg", softmax="remove", bias="keep")
+    prepared, more = prepare(model, **prepare_options(cfg))
     notes.extend(more)
     return prepared
 
@@ -146,7 +155,10 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
     model, model_shape, notes = load_model(source)
     splits, sim_splits = _splits(cfg)
-    if tuple(model_shape) != tuple(splits.input_shape):
+    expected = tuple(model_shape)
+    if (cfg.input_convention or {}).get("grayscale_to_rgb") and expected[0] == 3:
+        expected = (1, *expected[1:])
+    if expected != tuple(splits.input_shape):
         raise ValueError(f"the model expects input {tuple(model_shape)} but dataset {cfg.dataset!r} gives "
                          f"{tuple(splits.input_shape)}; choose a matching dataset or fold the input convention")
     shape = tuple(splits.input_shape)
@@ -158,7 +170,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         notes[:] = [n for n in notes if not n.startswith("no checkpoint given")]
         notes.append(f"trained the ANN from scratch for {cfg.train_epochs} epochs "
                      f"(validation accuracy {100 * hist.epochs[-1].get('val_acc', float('nan')):.2f}%)")
-    ann = _prepare(model, notes)
+    ann = _prepare(model, cfg, notes)
     ann.eval()
     account = energy.analyze(ann, shape)
     ann_acc = evaluate(ann, splits.test)
@@ -215,7 +227,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                                        "input_shape": list(shape), "dataset": cfg.dataset,
                                        "rho": metrics.get("rho"), "timesteps": cfg.timesteps,
                                        "init_v_fraction": cfg.init_v_fraction, "min_v_mem": cfg.min_v_mem,
-                                       "single_spike": cfg.single_spike})
+                                       "single_spike": cfg.single_spike, "prepare": prepare_options(cfg)})
     run.write_metrics(metrics)
     from synopt.convert.report import write_conversion_report
 

@@ -63,7 +63,11 @@ def keep_copy(source: ModelSource, folder: Path) -> ModelSource:
     if source.onnx:
         dst = folder / "model.onnx"
         if Path(source.onnx).resolve() != dst.resolve():
-            shutil.copyfile(source.onnx, dst)
+            import onnx
+
+            from synopt.graph import load_onnx
+
+            onnx.save(load_onnx(source.onnx), str(dst))  # self-contained: external data inlined
         out.onnx = str(dst)
     if source.checkpoint:
         dst = folder / "ann.pt"

@@ -47,6 +47,14 @@ class ImportedModel:
     max_abs_diff: float | None = None
 
 
+def load_onnx(source: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    """Parse an ONNX model safely, with its external data (only from next to the file), and run the checker."""
+    model, base = _load(source)
+    _load_external_data(model, base)
+    _run_checker(model)
+    return model
+
+
 def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, *, output: str | int | None = None,
                 check: bool = True, tol: float = 1e-4, check_batch: int = 3,
                 input_shape: Sequence[int] | None = None) -> ImportedModel:
@@ -62,9 +70,7 @@ def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, *, output: 
     The returned module is in eval mode (batch norm uses the file's running statistics), takes NCHW input (an NHWC
     file's input transpose is removed: ``layout == 'NHWC'``) and runs on any batch size.
     """
-    model, base = _load(source)
-    _load_external_data(model, base)
-    _run_checker(model)
+    model = load_onnx(source)
     notes: list[str] = []
     model, opset = _opset(model, notes)
     graph = model.graph

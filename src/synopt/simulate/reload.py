@@ -22,7 +22,8 @@ def load_snn(snn_dir: str | Path) -> tuple[SpikingNetwork, dict]:
         raise FileNotFoundError(f"{spec_path} not found: pass the snn folder of a `synopt convert` run (RUN_DIR/snn)")
     spec = json.loads(spec_path.read_text())
     model, _, _ = load_model(ModelSource(**spec["source"]))
-    net, _ = prepare(model, fold_bn=True, maxpool="avg", softmax="remove", bias="keep")
+    options = spec.get("prepare") or {"fold_bn": True, "maxpool": "avg", "softmax": "remove", "bias": "keep"}
+    net, _ = prepare(model, **options)
     net.load_state_dict(load_checkpoint(snn_dir / "weights.pt")["state_dict"])
     snn = to_sinabs(net, encoding=spec["encoding"], single_spike=spec.get("single_spike", False),
                     min_v_mem=spec.get("min_v_mem"), init_v_fraction=spec.get("init_v_fraction", 0.0))

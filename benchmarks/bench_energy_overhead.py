@@ -6,12 +6,13 @@ Target (issue 2): <= 1.05. Models: CNN7 (1x28x28, batch 100) and VGG11 (3x32x32,
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
-from common import median_time, write_section
+from common import paired_ratio, write_section
 from synopt import energy, zoo
 
 
@@ -31,8 +32,7 @@ def step_fn(model, x, y, opt, account=None):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=15)
-    ap.add_argument("--rounds", type=int, default=5, help="independent plain/penalised pairs; median ratio")
+    ap.add_argument("--pairs", type=int, default=31, help="back-to-back plain/penalised step pairs; median ratio")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = []
@@ -46,25 +46,19 @@ def main() -> None:
         x = torch.rand(batch, *shape)
         y = torch.randint(0, spec.num_classes, (batch,))
         opt = torch.optim.Adam(model.parameters(), 1e-4)
-        ratios, plain_t, pen_t = [], [], []
-        for _ in range(args.rounds):
-            plain = median_time(step_fn(model, x, y, opt), args.repeats)
-            pen = median_time(step_fn(model, x, y, opt, account), args.repeats)
-            ratios.append(pen / plain)
-            plain_t.append(plain)
-            pen_t.append(pen)
-        ratios.sort()
-        med = ratios[len(ratios) // 2]
-        rows.append((name, batch, sorted(plain_t)[len(plain_t) // 2] * 1e3, sorted(pen_t)[len(pen_t) // 2] * 1e3,
-                     med, analyze_s))
-        print(f"{name}: plain {rows[-1][2]:.1f} ms, with SynOp term {rows[-1][3]:.1f} ms, ratio {med:.3f} "
-              f"(rounds {', '.join(f'{r:.3f}' for r in ratios)}); analyze() {analyze_s:.2f} s")
+        med, ratios, plain, pen = paired_ratio(step_fn(model, x, y, opt, account), step_fn(model, x, y, opt),
+                                               args.pairs)
+        q = statistics.quantiles(ratios, n=4)
+        rows.append((name, batch, plain * 1e3, pen * 1e3, med, analyze_s, q[0], q[2]))
+        print(f"{name}: plain {plain * 1e3:.1f} ms, with SynOp term {pen * 1e3:.1f} ms, paired ratio {med:.3f} "
+              f"(IQR {q[0]:.3f}-{q[2]:.3f}); analyze() {analyze_s:.2f} s")
     body = ("Training step (forward + backward + Adam) with the exact SynOp term `rec.synops()` added to the loss, "
-            "divided by the same step without it. Median of "
-            f"{args.rounds} rounds, each the median of {args.repeats} steps. Target: <= 1.05.\n\n"
-            "| model | batch | plain step [ms] | with SynOp term [ms] | ratio | one-off analyze() [s] |\n"
-            "|---|---|---|---|---|---|\n")
-    body += "\n".join(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.3f} | {r[5]:.2f} |" for r in rows)
+            f"divided by the same step without it: median over {args.pairs} back-to-back pairs (order alternating), "
+            "with the interquartile range. Target: <= 1.05.\n\n"
+            "| model | batch | plain step [ms] | with SynOp term [ms] | ratio (median) | IQR | one-off analyze() [s] |\n"
+            "|---|---|---|---|---|---|---|\n")
+    body += "\n".join(f"| {r[0]} | {r[1]} | {r[2]:.1f} | {r[3]:.1f} | {r[4]:.3f} | {r[6]:.3f}-{r[7]:.3f} | {r[5]:.2f} |"
+                       for r in rows)
     write_section("energy-overhead", "SynOp term overhead in a training step", body)
 
 

@@ -13,7 +13,7 @@ import sinabs.layers as sl
 import torch
 import torch.nn as nn
 
-from common import median_time, write_section
+from common import paired_ratio, write_section
 from synopt.convert.to_sinabs import to_sinabs
 from synopt.simulate.run import encode
 
@@ -30,8 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--timesteps", type=int, default=10)
-    ap.add_argument("--repeats", type=int, default=9)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=31)
     args = ap.parse_args()
     torch.manual_seed(0)
     ann = cnn5().eval()
@@ -56,21 +55,19 @@ def main() -> None:
             sinabs.reset_states(sinabs_net)
             sinabs_net(x_seq.reshape(b * t, 1, 28, 28))
 
-    rows = {"synopt IFSqueeze": [], "sinabs IAFSqueeze": []}
-    base_times = []
-    for _ in range(args.rounds):
-        base = median_time(ann_passes, args.repeats)
-        base_times.append(base)
-        rows["synopt IFSqueeze"].append(median_time(ours, args.repeats) / base)
-        rows["sinabs IAFSqueeze"].append(median_time(theirs, args.repeats) / base)
-    base_ms = statistics.median(base_times) * 1e3
-    lines = [f"{k}: ratio {statistics.median(v):.3f} (rounds {', '.join(f'{r:.2f}' for r in v)})" for k, v in rows.items()]
-    print(f"{t} ANN passes: {base_ms:.1f} ms");  print("\n".join(lines))
+    rows = []
+    for label, fn in (("synopt IFSqueeze", ours), ("sinabs IAFSqueeze", theirs)):
+        med, ratios, base, sim = paired_ratio(fn, ann_passes, args.pairs)
+        q = statistics.quantiles(ratios, n=4)
+        rows.append((label, med, q[0], q[2], base * 1e3, sim * 1e3))
+        print(f"{label}: {t} ANN passes {base * 1e3:.1f} ms, simulation {sim * 1e3:.1f} ms, paired ratio {med:.3f} "
+              f"(IQR {q[0]:.3f}-{q[2]:.3f})")
     body = (f"5-layer CNN (3 conv + 2 linear, avg pooling), batch {b}, 1x28x28, T = {t}, count coding, CPU "
-            f"({torch.get_num_threads()} threads). Ratio = simulation time / time of {t} ANN forward passes "
-            f"({base_ms:.1f} ms); median of {args.rounds} rounds of {args.repeats} runs each. Target <= 1.2.\n\n"
-            "| IF layer | ratio | rounds |\n|---|---|---|\n")
-    body += "\n".join(f"| {k} | {statistics.median(v):.3f} | {', '.join(f'{r:.2f}' for r in v)} |" for k, v in rows.items())
+            f"({torch.get_num_threads()} threads). Ratio = simulation time / time of {t} ANN forward passes, "
+            f"median over {args.pairs} back-to-back pairs (order alternating), with the interquartile range. "
+            "Target <= 1.2.\n\n"
+            "| IF layer | T ANN passes [ms] | simulation [ms] | ratio (median) | IQR |\n|---|---|---|---|---|\n")
+    body += "\n".join(f"| {r[0]} | {r[4]:.1f} | {r[5]:.1f} | {r[1]:.3f} | {r[2]:.3f}-{r[3]:.3f} |" for r in rows)
     write_section("simulation-speed", "SNN simulation speed vs T ANN passes", body)
 
 

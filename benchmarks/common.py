@@ -25,6 +25,29 @@ def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> 
     return statistics.median(times)
 
 
+def paired_ratio(fn_b: Callable[[], object], fn_a: Callable[[], object], pairs: int = 21,
+                 warmup: int = 2) -> tuple[float, list[float], float, float]:
+    """Median of time(fn_b)/time(fn_a) over back-to-back pairs (order alternating), robust to the machine's drift.
+
+    Returns (median ratio, all ratios, median time of a, median time of b) in seconds.
+    """
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    ratios, ta, tb = [], [], []
+    for i in range(pairs):
+        order = (fn_a, fn_b) if i % 2 == 0 else (fn_b, fn_a)
+        times = {}
+        for fn in order:
+            t0 = time.perf_counter()
+            fn()
+            times[fn] = time.perf_counter() - t0
+        ta.append(times[fn_a])
+        tb.append(times[fn_b])
+        ratios.append(times[fn_b] / times[fn_a])
+    return statistics.median(ratios), ratios, statistics.median(ta), statistics.median(tb)
+
+
 def write_section(key: str, title: str, body: str) -> None:
     """Replace (or append) the section ``key`` of docs/benchmarks.md, recording the command that produced it."""
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)

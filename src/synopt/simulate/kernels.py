@@ -17,25 +17,24 @@ try:  # numba is optional: the torch loop gives identical results, only slower
     import numba
 
     @numba.njit(parallel=True, fastmath=False, cache=True)
-    def _if_loop(x, out, v, theta, v_min, has_min, single):  # pragma: no cover - compiled
+    def _if_loop(x, out, v, theta, v_min, single):  # pragma: no cover - compiled
         n_batch, n_steps, n_neurons = x.shape
+        th = x.dtype.type(theta)
+        lo = x.dtype.type(v_min)  # -inf when unbounded
+        zero = x.dtype.type(0.0)
+        one = x.dtype.type(1.0)
         for b in numba.prange(n_batch):
             vb = v[b]
             for t in range(n_steps):
                 xt = x[b, t]
                 ot = out[b, t]
-                for i in range(n_neurons):
+                for i in range(n_neurons):  # branch-free body: LLVM vectorises it
                     vi = vb[i] + xt[i]
                     if single:
-                        s = 1.0 if vi >= theta else 0.0
+                        s = one if vi >= th else zero
                     else:
-                        s = math.floor(vi / theta)
-                        if s < 0.0:
-                            s = 0.0
-                    vi -= s * theta
-                    if has_min and vi < v_min:
-                        vi = v_min
-                    vb[i] = vi
+                        s = max(math.floor(vi / th), zero)
+                    vb[i] = max(vi - s * th, lo)
                     ot[i] = s
 
     HAVE_NUMBA = True
@@ -54,7 +53,7 @@ def if_forward(x: torch.Tensor, v: torch.Tensor, theta: float, v_min: float | No
         xf = x.detach().reshape(b, t, -1).contiguous()
         out = torch.empty_like(xf)
         _if_loop(xf.numpy(), out.numpy(), v.view(b, -1).numpy(), float(theta),
-                 float(v_min if v_min is not None else 0.0), v_min is not None, bool(single_spike))
+                 float(v_min) if v_min is not None else -math.inf, bool(single_spike))
         return out.reshape(x.shape)
     out = torch.empty_like(x)
     for step in range(t):

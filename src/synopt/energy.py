@@ -752,7 +752,8 @@ def synops(account: NetworkAccount, activity: dict[str, torch.Tensor], n_samples
     """
     total = None
     for layer, s in _per_site(account, activity):
-        term = (s * layer.psi_as(s)).sum()
+        psi = layer.psi_as(s).reshape(-1)
+        term = s.reshape(-1, psi.numel()).sum(0) @ psi  # reduce the batch first: no [B, N] temporary
         total = term if total is None else total + term
     if total is None:
         return torch.zeros(())

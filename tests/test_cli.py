@@ -95,3 +95,21 @@ def test_zoo_list(capsys):
     assert main(["zoo", "list"]) == 0
     out = capsys.readouterr().out
     assert "vgg11" in out and "404,463,616" in out and "resnet18" in out
+
+
+def test_count_onnx_matches_the_zoo_model(tmp_path, capsys):
+    import torch
+
+    from synopt import zoo
+
+    model = zoo.build("digitsnet").eval()
+    path = tmp_path / "d.onnx"
+    torch.onnx.export(model, (torch.rand(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "b"}})
+    out_onnx, out_zoo = tmp_path / "onnx.json", tmp_path / "zoo.json"
+    assert main(["count", "--onnx", str(path), "--json", str(out_onnx)]) == 0
+    assert main(["count", "--model", "digitsnet", "--json", str(out_zoo)]) == 0
+    a, b = json.loads(out_onnx.read_text())["totals"], json.loads(out_zoo.read_text())["totals"]
+    for key in ("macs", "omega_syn_1", "omega_total_1", "omega_balance_1", "neurons"):
+        assert a[key] == b[key], key
+    assert main(["count", "--model", "digitsnet", "--onnx", str(path)]) == 2

@@ -61,7 +61,18 @@ def _build_model(args: argparse.Namespace):
 def cmd_count(args: argparse.Namespace) -> int:
     from synopt import energy
 
-    model, shape = _build_model(args)
+    if bool(args.onnx) == bool(args.model):
+        raise UserError("give exactly one of --model NAME or --onnx FILE")
+    if args.onnx:
+        from synopt.graph import import_onnx, prepare
+
+        if args.checkpoint:
+            raise UserError("--checkpoint is for zoo models; an ONNX file carries its own weights")
+        imported = import_onnx(args.onnx, input_shape=args.input)
+        model, _ = prepare(imported.module, maxpool="keep", fold_bn=False)
+        shape = tuple(imported.input_shape)
+    else:
+        model, shape = _build_model(args)
     if args.checkpoint:
         from synopt.runs import load_checkpoint
 
@@ -217,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("count", help="per-layer neurons, fan-out, MACs, SynOps and energy of a model",
                        description="Print the exact SynOp accounting of a zoo model (per activation site: neurons, "
                                    "fan-out psi, synapses; totals: MACs, Omega_*(1), energy).")
-    c.add_argument("--model", required=True, help="zoo model name (see `synopt zoo list`)")
+    c.add_argument("--model", help="zoo model name (see `synopt zoo list`)")
+    c.add_argument("--onnx", help="count an ONNX model instead (imported and checked against onnxruntime)")
     c.add_argument("--input", type=parse_shape, help="input shape CxHxW (default: the model's own)")
     c.add_argument("--num-classes", type=int, help="number of classes (default: the model's own)")
     c.add_argument("--checkpoint", help="weights (state_dict) to load, for --dataset measurements")

@@ -215,7 +215,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                 point.update({"calibration_scale": c, "calibrated_estimate": syn})
             else:
                 qnet_cal = qnet
-            est_acc, est_syn, _ = estimate(qnet_cal, account, splits.test, len(splits.test))
+            n_eval = min(cfg.eval_samples or len(splits.test), len(splits.test))
+            est_acc, est_syn, _ = estimate(qnet_cal, account, splits.test, n_eval)  # the samples simulated below
             res = _sim(qnet_cal.net, "count", sim_splits, cfg, shape)
             metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn, **point))
             save_checkpoint(out / "points" / f"point{i}.pt", {"state_dict": qnet_cal.state_dict(), "target": target})

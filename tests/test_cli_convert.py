@@ -95,3 +95,24 @@ def test_onnx_with_input_range_and_robust_scaling(run_dir, tmp_path):
     pts = json.loads((out_rho / "metrics.json").read_text())["points"]
     syn = [p["sim_synops"] for p in pts]
     assert [p["rho"] for p in pts] == sorted(p["rho"] for p in pts) and syn == sorted(syn)  # more rho, more SynOps
+
+
+def test_torchvision_resnet18_converts(tmp_path):
+    """A stock torchvision model (one ReLU shared per block, max pooling, BN, 3 channels) on grayscale digits."""
+    import torchvision
+
+    torch.manual_seed(0)
+    ck = tmp_path / "rn18.pt"
+    torch.save(torchvision.models.resnet18(weights=None, num_classes=10).state_dict(), ck)
+    out = tmp_path / "run"
+    assert main(["convert", "--torchvision", "resnet18", "--checkpoint", str(ck), "--num-classes", "10",
+                 "--input", "3x8x8", "--grayscale-to-rgb", "--dataset", "digits", "--method", "rho", "--rho", "1",
+                 "--timesteps", "2", "--samples", "20", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    notes = " ".join(m["notes"])
+    assert "one_module_per_call_site" in notes and "replace_maxpool" in notes and "fold_batchnorm" in notes
+    assert len(m["baseline"]["firing_rate"]) == 17  # torchvision resnet18: 17 ReLU call sites, each its own layer
+    r = subprocess.run([sys.executable, "-m", "synopt.cli", "convert", "--torchvision", "resnet18", "--checkpoint",
+                        str(ck), "--num-classes", "100", "--dataset", "digits", "--method", "rho", "--out",
+                        str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "does not fit torchvision 'resnet18'" in r.stderr

@@ -160,12 +160,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from synopt.convert.pipeline import ConvertConfig, run_conversion
     from synopt.convert.source import ModelSource
 
-    if bool(args.onnx) == bool(args.model):
-        raise UserError("give exactly one of --onnx FILE or --model NAME")
     if args.onnx:
         if not Path(args.onnx).is_file():
             raise UserError(f"ONNX file {args.onnx} does not exist")
         source = ModelSource("onnx", onnx=args.onnx, onnx_output=args.onnx_output)
+    elif args.torchvision:
+        overrides = {"input_shape": list(args.input)} if args.input else {}
+        if args.num_classes:
+            overrides["num_classes"] = args.num_classes
+        source = ModelSource("torchvision", name=args.torchvision, checkpoint=args.checkpoint, overrides=overrides)
     else:
         overrides = {"in_channels": args.input[0], "input_size": list(args.input[1:])} if args.input else {}
         source = ModelSource("zoo", name=args.model, checkpoint=args.checkpoint, overrides=overrides)
@@ -190,9 +193,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         train_epochs=args.train_epochs, progress=not args.quiet,
                         maxpool="keep" if args.keep_maxpool else "avg", bias="remove" if args.remove_bias else "keep",
                         input_convention=convention or None)
-    if args.train_epochs and (args.onnx or args.checkpoint):
-        raise UserError("--train-epochs trains a zoo model from scratch; it cannot be combined with --onnx or "
-                        "--checkpoint")
+    if args.train_epochs and (args.onnx or args.checkpoint or args.torchvision):
+        raise UserError("--train-epochs trains a zoo model from scratch; it cannot be combined with --onnx, "
+                        "--torchvision or --checkpoint")
     metrics = run_conversion(cfg)
     print((Path(args.out) / "summary.md").read_text())
     print(f"run folder: {args.out}")
@@ -211,6 +214,66 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from synopt.runs import write_json
 
         write_json(args.json, result.to_dict())
+    return 0
+
+
+# ---- finetune --direct (single-step SNN with the synaptic interaction penalty) ----------------------------------------
+
+
+def _baseline_joules(text: str | None) -> float | None:
+    """--baseline: E_SNN of the baseline in joules, or a direct run folder (its metrics.json e_snn_j)."""
+    if text is None:
+        return None
+    path = Path(text)
+    if path.is_dir() or path.suffix == ".json":
+        metrics = path / "metrics.json" if path.is_dir() else path
+        if not metrics.is_file():
+            raise UserError(f"--baseline {text}: no metrics.json there (give a direct run folder or joules)")
+        value = json.loads(metrics.read_text()).get("e_snn_j")
+        if not value:
+            raise UserError(f"--baseline {text}: {metrics} has no e_snn_j (not a direct run?)")
+        return float(value)
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--baseline {text!r} is neither a run folder nor a number of joules") from None
+    if not value > 0:
+        raise UserError(f"--baseline must be positive joules per inference, got {text}")
+    return value
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    if not args.direct:
+        raise UserError("only --direct (single-step SNN training) is implemented here; the conversion route's "
+                        "fine-tuning is `synopt convert`")
+    if args.lambda_norm < 0:
+        raise UserError(f"--lambda-norm must be >= 0, got {args.lambda_norm}")
+    if args.p < 1:
+        raise UserError(f"--p must be >= 1 (Definition 3.3 of Suetake et al.), got {args.p}")
+    if args.epochs is not None and args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.weight_decay is not None and args.weight_decay < 0:
+        raise UserError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.bn_decay and args.weight_decay == 0:
+        raise UserError("--bn-decay applies the weight decay to batch norm too; give a positive --weight-decay")
+    if args.from_ann and not Path(args.from_ann).is_file():
+        raise UserError(f"--from-ann checkpoint {args.from_ann} does not exist")
+    if args.init_rate is not None and not args.from_ann:
+        raise UserError("--init-rate re-scales a network started from an ANN; give --from-ann too")
+    if args.init_rate is not None and not 0 < args.init_rate < 1:
+        raise UserError(f"--init-rate must be in (0, 1), got {args.init_rate}")
+    from synopt.finetune.direct import train_direct
+
+    result = train_direct(args.model, args.dataset, out=args.out, data_root=args.data_root,
+                          surrogate=args.surrogate, penalty=args.penalty, p=args.p, lambda_norm=args.lambda_norm,
+                          schedule=args.schedule, weight_decay=args.weight_decay, bn_decay=args.bn_decay,
+                          epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
+                          label_smoothing=args.label_smoothing, seed=args.seed, from_ann=args.from_ann,
+                          init_rate=args.init_rate, alpha=args.alpha, tau=args.tau,
+                          train_samples=args.train_samples, eval_samples=args.samples,
+                          baseline_j=_baseline_joules(args.baseline), energy_model=args.energy_model,
+                          progress=not args.quiet, threads=args.threads)
+    print(result["summary"])
     return 0
 
 
@@ -274,11 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     src = cv.add_mutually_exclusive_group(required=True)
     src.add_argument("--onnx", help="trained model as an ONNX file")
     src.add_argument("--model", help="zoo model name (with --checkpoint for trained weights)")
+    src.add_argument("--torchvision", metavar="NAME", help="a torchvision architecture (e.g. resnet18) with "
+                                                          "--checkpoint; --input and --num-classes set its shape")
     cv.add_argument("--checkpoint", help="state_dict of the zoo model (torch.save; loaded weights-only)")
     cv.add_argument("--train-epochs", type=int, default=0,
                     help="train the zoo model from scratch for this many epochs first (no checkpoint needed)")
     cv.add_argument("--onnx-output", help="graph output to use when the ONNX model has several (name or index)")
-    cv.add_argument("--input", type=parse_shape, help="zoo model input CxHxW (default: the model's own)")
+    cv.add_argument("--input", type=parse_shape, help="model input CxHxW (default: the zoo model's own)")
+    cv.add_argument("--num-classes", type=int, help="classes of a --torchvision model")
     cv.add_argument("--input-range", type=parse_floats(2), metavar="LO,HI",
                     help="the value range the model expects, e.g. 0,255 or -1,1 (synopt feeds 0..1; folded in)")
     cv.add_argument("--mean", type=parse_floats(), help="per-channel mean the model subtracts, e.g. 0.485,0.456,0.406")
@@ -301,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (Adam, cosine; default 1e-3)")
     cv.add_argument("--weight-decay", type=float, default=0.0)
     cv.add_argument("--batch-size", type=int, default=64)
-    cv.add_argument("--rho", type=float, help="first-layer scale (default: chosen automatically)")
+    cv.add_argument("--rho", type=float, help="first-layer scale (default: chosen automatically; with --method rho "
+                                              "the sweep is 0.5,1,2,...,32 unless one value is given)")
     cv.add_argument("--no-calibrate", action="store_true", help="do not calibrate the SynOps onto the target")
     cv.add_argument("--samples", type=int, help="test samples to simulate (default: all)")
     cv.add_argument("--init-v", type=float, default=0.0, help="initial membrane in units of the threshold (0.5: θ/2)")
@@ -313,6 +380,49 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True, help="run folder to write")
     cv.add_argument("--quiet", action="store_true", help="no progress bars")
     cv.set_defaults(func=cmd_convert)
+
+    ft = sub.add_parser("finetune", help="train a single-step SNN directly with the synaptic interaction penalty",
+                        description="Direct route (--direct): train a zoo architecture with single-step spiking "
+                                    "neurons (S2NN) and the penalty lambda' * Omega_*/Omega_*(1) of Suetake et al., "
+                                    "from scratch or from a ReLU ANN checkpoint; measure accuracy, E_SNN, dead "
+                                    "neurons and firing rates; fold BN into thresholds and export a T=1 sinabs "
+                                    "network. Unset hyperparameters follow Table 6 of the paper.")
+    ft.add_argument("--direct", action="store_true", help="direct single-step SNN training (required)")
+    ft.add_argument("--model", default="digitsnet", help="zoo model name (default digitsnet)")
+    ft.add_argument("--dataset", default="digits", help="dataset name (default digits)")
+    ft.add_argument("--data-root", help="data root (or set SYNOPT_DATA_ROOT); not needed for digits")
+    ft.add_argument("--from-ann", metavar="CKPT", help="start from this ReLU ANN checkpoint of the same model")
+    ft.add_argument("--init-rate", type=float,
+                    help="with --from-ann: re-scale each BN so this fraction of neurons starts above threshold")
+    from synopt.finetune.neuron import SURROGATES
+    from synopt.finetune.penalty import PENALTY_KINDS
+
+    ft.add_argument("--surrogate", choices=tuple(SURROGATES), default="s2nn", help="surrogate gradient (default s2nn)")
+    ft.add_argument("--alpha", type=float, help="alpha of the s2nn/sigmoid surrogate (default: Table 6)")
+    ft.add_argument("--tau", type=float, help="tau of the s2nn surrogate (default: Table 6)")
+    ft.add_argument("--penalty", choices=PENALTY_KINDS + ("none",), default="syn",
+                    help="Omega_syn (default), Omega_total, Omega_balance or none")
+    ft.add_argument("--p", type=float, default=1.0, help="exponent p of the penalty (default 1)")
+    ft.add_argument("--lambda-norm", type=float, default=0.0,
+                    help="normalised intensity lambda' (multiplies Omega_*/Omega_*(1); paper: 1 ... 8192)")
+    ft.add_argument("--schedule", choices=("linear", "constant"), default="linear",
+                    help="lambda schedule over epochs (default linear: lambda * epoch/epochs)")
+    ft.add_argument("--weight-decay", type=float, help="lambda_WD on conv/linear weights (default: Table 6)")
+    ft.add_argument("--bn-decay", action="store_true", help="also decay batch-norm parameters (B_BN = 1)")
+    ft.add_argument("--epochs", type=int, help="epochs (default: 150 for the paper's models, 20 otherwise)")
+    ft.add_argument("--lr", type=float, help="learning rate, cosine-annealed (default: Table 6)")
+    ft.add_argument("--optimizer", choices=("adam", "sgd"), default="adam", help="adam or momentum SGD")
+    ft.add_argument("--batch-size", type=int, help="mini-batch size (default 100 for the paper's models)")
+    ft.add_argument("--label-smoothing", type=float, default=0.0)
+    ft.add_argument("--train-samples", type=int, help="train on a random subset of this size (quick CPU runs)")
+    ft.add_argument("--samples", type=int, help="test samples to measure (default: all)")
+    ft.add_argument("--baseline", help="E_SNN of the baseline: a direct run folder or joules per inference")
+    ft.add_argument("--energy-model", default="cmos45nm", help="named energy model (default cmos45nm)")
+    ft.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--out", required=True, help="run folder to write (re-run to resume)")
+    ft.add_argument("--quiet", action="store_true", help="no progress bars")
+    ft.set_defaults(func=cmd_finetune)
 
     sm = sub.add_parser("simulate", help="simulate a converted network from a run folder",
                         description="Reload RUN_DIR/snn and simulate it for T steps in sinabs.")

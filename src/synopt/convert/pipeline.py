@@ -184,7 +184,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                             seed=cfg.seed, progress=cfg.progress)
     final_net, encoding = None, "count"
     if cfg.method == "rho":
-        for rho in cfg.rhos:
+        for rho in [cfg.rho] if cfg.rho else cfg.rhos:
             net = scale_first_layer(ann, rho)
             res = _sim(net, "count", sim_splits, cfg, shape)
             metrics["points"].append(_point(f"rho={rho:g}", res, rho=rho))

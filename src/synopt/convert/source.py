@@ -16,12 +16,13 @@ from synopt.runs import load_checkpoint
 class ModelSource:
     """A recipe that rebuilds the same float network: recorded in run folders so `synopt simulate` can reload it."""
 
-    kind: str  # 'zoo' | 'onnx'
-    name: str | None = None  # zoo name
+    kind: str  # 'zoo' | 'torchvision' | 'onnx'
+    name: str | None = None  # zoo or torchvision name
     checkpoint: str | None = None
     onnx: str | None = None  # path of the ONNX file (a copy inside the run folder)
     onnx_output: str | int | None = None
-    overrides: dict = field(default_factory=dict)  # in_channels, input_size, num_classes for zoo models
+    overrides: dict = field(default_factory=dict)  # zoo: in_channels, input_size, num_classes; torchvision:
+    #                                                 num_classes, input_shape
 
     def to_dict(self) -> dict:
         return {k: v for k, v in vars(self).items()}
@@ -45,6 +46,25 @@ def load_model(source: ModelSource) -> tuple[nn.Module, tuple[int, ...], list[st
         else:
             notes.append(f"no checkpoint given: {source.name} starts from random weights")
         return model, tuple(shape), notes
+    if source.kind == "torchvision":
+        import torchvision
+
+        if source.name not in torchvision.models.list_models():
+            raise ValueError(f"unknown torchvision model {source.name!r}; see torchvision.models.list_models()")
+        kwargs = {"weights": None}
+        if "num_classes" in source.overrides:
+            kwargs["num_classes"] = source.overrides["num_classes"]
+        model = torchvision.models.get_model(source.name, **kwargs)
+        if not source.checkpoint:
+            raise ValueError("a torchvision model needs --checkpoint with its trained state_dict (nothing is "
+                             "downloaded)")
+        try:
+            model.load_state_dict(load_checkpoint(source.checkpoint)["state_dict"])
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {source.checkpoint} does not fit torchvision {source.name!r}: "
+                             f"{str(exc).splitlines()[0]}") from exc
+        shape = tuple(source.overrides.get("input_shape", (3, 224, 224)))
+        return model, shape, [f"torchvision {source.name}; input {shape}"]
     if source.kind == "onnx":
         from synopt.graph import import_onnx
 

@@ -35,11 +35,11 @@ class IFSqueeze(sl.IAFSqueeze):
     defers to sinabs' own implementation, so training through it keeps sinabs' surrogate gradients.
     """
 
-    def __init__(self, spike_threshold: float = 1.0, single_spike: bool = False, min_v_mem: float | None = None,
-                 init_v_fraction: float = 0.0, num_timesteps: int = 1):
+    def __init__(self, spike_threshold: float | torch.Tensor = 1.0, single_spike: bool = False,
+                 min_v_mem: float | torch.Tensor | None = None, init_v_fraction: float = 0.0, num_timesteps: int = 1):
         spike_fn = sinabs.activation.SingleSpike if single_spike else sinabs.activation.MultiSpike
-        super().__init__(num_timesteps=num_timesteps, spike_threshold=float(spike_threshold), spike_fn=spike_fn,
-                         min_v_mem=None if min_v_mem is None else float(min_v_mem))
+        super().__init__(num_timesteps=num_timesteps, spike_threshold=_threshold_value(spike_threshold),
+                         spike_fn=spike_fn, min_v_mem=None if min_v_mem is None else _threshold_value(min_v_mem))
         self.single_spike = single_spike
         self.init_v_fraction = float(init_v_fraction)
         self._v: torch.Tensor | None = None  # membrane of the inference path; None = start from the initial value
@@ -55,11 +55,16 @@ class IFSqueeze(sl.IAFSqueeze):
         if torch.is_grad_enabled() and x.requires_grad:
             return super().forward(x)
         xs = x.reshape(x.shape[0] // t_steps, t_steps, *x.shape[1:])
-        theta = float(self.spike_threshold)
+        theta = _threshold_value(self.spike_threshold.detach())
+        v_min = None if self.min_v_mem is None else _threshold_value(self.min_v_mem.detach())
         v = self._v
         if v is None or v.shape != xs[:, 0].shape or v.dtype != xs.dtype:
-            v = self._v = torch.full_like(xs[:, 0], self.init_v_fraction * theta).contiguous()
-        out = if_forward(xs, v, theta, self.min_v_mem, self.single_spike)
+            if isinstance(theta, torch.Tensor):  # per-neuron thresholds
+                v = (torch.zeros_like(xs[:, 0]) + self.init_v_fraction * theta.to(xs.dtype)).contiguous()
+            else:
+                v = torch.full_like(xs[:, 0], self.init_v_fraction * theta).contiguous()
+            self._v = v
+        out = if_forward(xs, v, theta, v_min, self.single_spike)
         return out.reshape_as(x)
 
 
@@ -141,12 +146,21 @@ class SpikingNetwork(nn.Module):
         return cur if spikes is None else spike_count_score(spikes.cumsum(1), cur)
 
 
-def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str, float] = 1.0,
+def _threshold_value(value) -> float | torch.Tensor:
+    """A scalar threshold as a float; a per-neuron threshold tensor (more than one element) as a float tensor."""
+    if isinstance(value, torch.Tensor) and value.numel() > 1:
+        return value.detach().clone().float() if not value.is_floating_point() else value.detach().clone()
+    return float(value)
+
+
+def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str, float | torch.Tensor] = 1.0,
               single_spike: bool = False, min_v_mem: float | None = None, init_v_fraction: float = 0.0,
               readout: str = "spikes", out_threshold: float = 1.0) -> SpikingNetwork:
     """Convert ``net`` (activation sites = ReLU/QReLU modules, BN folded) into a :class:`SpikingNetwork`.
 
-    ``thresholds``: one value or ``{site name: θ}``; ``min_v_mem``: lower bound of the membrane in units of the
+    ``thresholds``: one value or ``{site name: θ}``, where θ is a number or a tensor broadcastable to the site's
+    per-sample shape (per-neuron thresholds, e.g. ``[C, 1, 1]`` per channel; such layers run the torch IF loop
+    instead of the numba kernel); ``min_v_mem``: lower bound of the membrane in units of the
     threshold (e.g. -1.0 means v >= -θ), None for unbounded; ``init_v_fraction``: initial membrane in units of θ
     (0.5 starts at θ/2). Module names are kept, so ``synopt.energy`` counts the SNN with the ANN's fan-out.
     """
@@ -160,6 +174,7 @@ def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str,
             raise ValueError(f"thresholds given for unknown sites {sorted(unknown)}")
     for name, _ in sites:
         theta = thresholds.get(name, 1.0) if isinstance(thresholds, Mapping) else float(thresholds)
+        theta = _threshold_value(theta)
         v_min = None if min_v_mem is None else min_v_mem * theta
         parent_name, _, child = name.rpartition(".")
         parent = body.get_submodule(parent_name) if parent_name else body

@@ -39,6 +39,7 @@ def train_ann(model: str = "digitsnet", dataset: str = "digits", data_root: str 
               out: str | Path = "runs/ann", epochs: int = 20, lr: float = 1e-3, batch_size: int = 64,
               weight_decay: float = 0.0, seed: int = 0, progress: bool = True) -> dict:
     """Train zoo ``model`` (ReLU) on ``dataset``; write a run folder; return metrics and a printable summary."""
+    torch.manual_seed(seed)  # before building: the initial weights depend on it
     splits = data.load(dataset, data_root, split_seed=seed)
     spec = zoo.get_spec(model)
     c, h, w = splits.input_shape
@@ -47,7 +48,6 @@ def train_ann(model: str = "digitsnet", dataset: str = "digits", data_root: str 
                       progress=progress)
     run = RunDir(out, {"command": "train", "model": model, "dataset": dataset, "data_root": data_root,
                        "train": asdict(cfg)}, resume=True)
-    torch.manual_seed(seed)
     history = fit(net, splits.train, splits.val, cfg, checkpoint_dir=run.path / "checkpoints", desc=model)
     test_acc = evaluate(net, splits.test)
     account = energy.analyze(net, splits.input_shape)

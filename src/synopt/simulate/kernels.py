@@ -42,11 +42,17 @@ except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
 
-def if_forward(x: torch.Tensor, v: torch.Tensor, theta: float, v_min: float | None = None,
-               single_spike: bool = False, use_numba: bool | None = None) -> torch.Tensor:
+def if_forward(x: torch.Tensor, v: torch.Tensor, theta: float | torch.Tensor,
+               v_min: float | torch.Tensor | None = None, single_spike: bool = False,
+               use_numba: bool | None = None) -> torch.Tensor:
     """Spikes for currents ``x`` of shape [B, T, ...]; the membrane ``v`` [B, ...] is updated in place (so calls
-    with T = 1 step a network through time). Inference only: no autograd."""
-    use_numba = HAVE_NUMBA if use_numba is None else use_numba
+    with T = 1 step a network through time). Inference only: no autograd.
+
+    ``theta`` (and ``v_min``) may be tensors broadcastable to the per-sample shape ``x.shape[2:]`` (per-neuron
+    thresholds, e.g. batch norm folded into thresholds); those run the torch loop, scalars the numba kernel."""
+    theta, v_min = _scalar_if_single(theta), _scalar_if_single(v_min)
+    per_neuron = isinstance(theta, torch.Tensor) or isinstance(v_min, torch.Tensor)
+    use_numba = (HAVE_NUMBA if use_numba is None else use_numba) and not per_neuron
     b, t = x.shape[:2]
     if use_numba and x.dtype in (torch.float32, torch.float64) and x.device.type == "cpu" and v.is_contiguous() \
             and v.dtype == x.dtype:
@@ -55,6 +61,10 @@ def if_forward(x: torch.Tensor, v: torch.Tensor, theta: float, v_min: float | No
         _if_loop(xf.numpy(), out.numpy(), v.view(b, -1).numpy(), float(theta),
                  float(v_min) if v_min is not None else -math.inf, bool(single_spike))
         return out.reshape(x.shape)
+    if isinstance(theta, torch.Tensor):
+        theta = theta.to(device=x.device, dtype=x.dtype)
+    if isinstance(v_min, torch.Tensor):
+        v_min = v_min.to(device=x.device, dtype=x.dtype).expand_as(v)
     out = torch.empty_like(x)
     for step in range(t):
         v.add_(x[:, step])
@@ -64,3 +74,10 @@ def if_forward(x: torch.Tensor, v: torch.Tensor, theta: float, v_min: float | No
             v.clamp_(min=v_min)
         out[:, step] = s
     return out
+
+
+def _scalar_if_single(value):
+    """A one-element tensor becomes a Python float (the scalar fast path); other values are returned as they are."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return value

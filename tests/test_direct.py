@@ -397,6 +397,10 @@ def test_cli_finetune_direct_digits(tmp_path, capsys):
     assert res.accuracy == m["sinabs_t1"]["accuracy"] and res.synops == m["sinabs_t1"]["synops"]
     folded, _, thresholds = load_folded(run_dir / "snn")
     assert set(thresholds) == {"2", "6"}
+    # `synopt simulate` reloads the direct route's folder with the same simulator and accounting
+    assert main(["simulate", str(run_dir / "snn"), "-T", "1", "--quiet", "--json", str(tmp_path / "sim.json")]) == 0
+    sim = json.loads((tmp_path / "sim.json").read_text())
+    assert sim["accuracy"] == m["sinabs_t1"]["accuracy"] and sim["synops"] == m["sinabs_t1"]["synops"]
     # same configuration again: resumes from the last checkpoint (no more training) and gives the same numbers
     assert main(args) == 0
     capsys.readouterr()

@@ -21,6 +21,10 @@ def load_snn(snn_dir: str | Path) -> tuple[SpikingNetwork, dict]:
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path} not found: pass the snn folder of a `synopt convert` run (RUN_DIR/snn)")
     spec = json.loads(spec_path.read_text())
+    if spec.get("route") == "direct":  # a single-step SNN of `synopt finetune --direct`
+        from synopt.finetune.direct import load_snn as load_direct
+
+        return load_direct(snn_dir)
     model, _, _ = load_model(ModelSource(**spec["source"]))
     options = spec.get("prepare") or {"fold_bn": True, "maxpool": "avg", "softmax": "remove", "bias": "keep"}
     net, _ = prepare(model, **options)

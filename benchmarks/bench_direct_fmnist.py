@@ -27,7 +27,7 @@ def direct(work: Path, name: str, root: Path, args, *extra: str) -> dict:
     out = work / name
     cmd = [sys.executable, "-m", "synopt.cli", "finetune", "--direct", "--model", "cnn7", "--dataset",
            "fashion-mnist", "--data-root", str(root), "--epochs", str(args.epochs), "--train-samples",
-           str(args.train_samples), "--out", str(out), "--quiet", *extra]
+           str(args.train_samples), "--threads", str(args.threads), "--out", str(out), "--quiet", *extra]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads((out / "metrics.json").read_text())
 
@@ -52,7 +52,9 @@ def main() -> None:
     ap.add_argument("--lambdas", default="16,64,256")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per run (1 avoids oversubscription)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="synopt-direct-"))
     root = work / "data"
     subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
@@ -72,7 +74,7 @@ def main() -> None:
         rows.append((f"{sur}, no penalty", m))
         print(sur, m["accuracy"])
     body = (f"Fashion-MNIST, CNN7 (Table 5 of 000_*), {args.train_samples:,} training images (seeded subset), "
-            f"{args.epochs} epochs, batch 100, Adam lr 1e-3, lambda_WD 1e-4, cosine; S2NN alpha 0.25, tau 0.6 "
+            f"{args.epochs} epochs, batch 100, {args.threads} torch thread(s), Adam lr 1e-3, lambda_WD 1e-4, cosine; S2NN alpha 0.25, tau 0.6 "
             f"(Table 6). Full test set (10,000). ReLU CNN7 with the same budget: **{100 * relu:.2f}%**.\n\n"
             "| model | accuracy | E_SNN [uJ] | E_SNN / baseline | dead rate | R |\n|---|---|---|---|---|---|\n")
     for label, m in rows:

@@ -9,7 +9,6 @@ import argparse
 import statistics
 
 import sinabs
-import sinabs.layers as sl
 import torch
 import torch.nn as nn
 

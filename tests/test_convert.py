@@ -8,7 +8,7 @@ from synopt import energy
 from synopt.convert.qat import SynOpLoss
 from synopt.convert.qrelu import OutputQReLU, QReLU, spike_count_score, swap_activations
 from synopt.convert.rho import input_and_output_layers, scale_first_layer
-from synopt.convert.to_sinabs import IFSqueeze, SpikingNetwork, to_sinabs
+from synopt.convert.to_sinabs import IFSqueeze, to_sinabs
 from synopt.simulate.kernels import if_forward
 from synopt.simulate.run import encode, simulate
 

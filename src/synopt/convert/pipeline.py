@@ -21,7 +21,7 @@ from synopt.convert.rho import scale_first_layer
 from synopt.convert.source import ModelSource, keep_copy, load_model
 from synopt.convert.to_sinabs import to_sinabs
 from synopt.finetune.train import TrainConfig, evaluate, fit
-from synopt.runs import RunDir, save_checkpoint, write_json, write_text
+from synopt.runs import RunDir, save_checkpoint, write_json
 from synopt.simulate.run import SimResult, simulate
 
 RHO_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)

@@ -13,22 +13,23 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 from synopt import energy, zoo
-from synopt.finetune.neuron import SURROGATES, SingleStepNeuron, ThresholdNeuron, neuron_factory
+from synopt.finetune.neuron import SURROGATES, neuron_factory
 from synopt.finetune.penalty import PENALTY_KINDS, SCHEDULES, Penalty, SpikeRecorder, weight_decay_groups
+from synopt.finetune.fold import FoldResult, export_sinabs, fold_thresholds, load_folded, load_snn, save_snn
+from synopt.finetune.metrics import Measurement, direct_metrics, measure
+from synopt.finetune.sites import _BN, site_links
 from synopt.finetune.train import TrainConfig, fit, loader
-from synopt.runs import RunDir, load_checkpoint, save_checkpoint, write_json, write_text
+from synopt.runs import RunDir, load_checkpoint, save_checkpoint, write_text
 
 __all__ = [
     "PRESETS",
@@ -47,9 +48,6 @@ __all__ = [
     "train_direct",
 ]
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-SNN_FORMAT = "synopt.direct-snn/1"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Presets: Table 6 of 000_* (+ App. A.3: batch 100, 150 epochs, cosine annealing)
@@ -103,57 +101,6 @@ def build_snn(model: str, input_shape, num_classes: int, surrogate: str = "s2nn"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Graph helpers
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-def _call_counts(gm) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            counts[node.target] = counts.get(node.target, 0) + 1
-    return counts
-
-
-@dataclass
-class _SiteLink:
-    site: str
-    bn: str | None = None  # BN module feeding the site (its only user), called once
-    linear: str | None = None  # conv/linear feeding that BN (its only user), called once
-
-
-def _site_links(model: nn.Module) -> list[_SiteLink]:
-    """For each single-step neuron: the BN right before it and the weight layer right before that, if exclusive."""
-    gm = energy.trace(model)
-    modules = dict(model.named_modules())
-    counts = _call_counts(gm)
-    links = []
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), (SingleStepNeuron, ThresholdNeuron)):
-            continue
-        if counts[node.target] != 1:
-            raise ValueError(f"neuron module {node.target!r} is called at {counts[node.target]} places; give every "
-                             "activation site its own module")
-        link = _SiteLink(node.target)
-        src = node.args[0] if node.args else None
-        if (getattr(src, "op", None) == "call_module" and isinstance(modules.get(src.target), _BN)
-                and len(src.users) == 1 and counts[src.target] == 1):
-            link.bn = src.target
-            pre = src.args[0] if src.args else None
-            if (getattr(pre, "op", None) == "call_module" and isinstance(modules.get(pre.target), _LINEAR)
-                    and len(pre.users) == 1 and counts[pre.target] == 1):
-                link.linear = pre.target
-        links.append(link)
-    return links
-
-
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Starting from a ReLU ANN
 # ---------------------------------------------------------------------------------------------------------------------
 
@@ -198,7 +145,7 @@ def init_from_ann(snn: nn.Module, state_dict: dict, calib: list[torch.Tensor] | 
     if not calib:
         raise ValueError("init_rate needs calibration batches")
     modules = dict(snn.named_modules())
-    for link in _site_links(snn):
+    for link in site_links(snn):
         _recompute_bn_stats(snn, calib)
         neuron = modules[link.site]
         if link.bn is None or not modules[link.bn].affine:
@@ -233,279 +180,6 @@ def init_from_ann(snn: nn.Module, state_dict: dict, calib: list[torch.Tensor] | 
 # ---------------------------------------------------------------------------------------------------------------------
 # Measurement: Table 2 of 000_*, App. B of 004_*
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Measurement:
-    """Raw measurements of a single-step network on a dataset (T = 1)."""
-
-    samples: int
-    accuracy: float
-    synops_per_layer: dict[str, float]  # per inference (float64-exact)
-    spikes_per_layer: dict[str, float]  # total over the samples
-    ever_fired: dict[str, torch.Tensor] = field(repr=False)  # per neuron: fired on some sample
-    predictions: torch.Tensor = field(repr=False)
-
-    @property
-    def synops(self) -> float:
-        return float(sum(self.synops_per_layer.values()))
-
-
-@torch.no_grad()
-def measure(net: nn.Module, account: energy.NetworkAccount, data: Dataset, batch_size: int = 64,
-            samples: int | None = None) -> Measurement:
-    """Accuracy, SynOps per layer (E_SNN(l)/E_AC with T = 1), spike counts and per-neuron "ever fired" masks.
-
-    Works on the training form (BN + :class:`SingleStepNeuron`) and the folded form (:class:`ThresholdNeuron`).
-    SynOps are accumulated in float64 from the {0, 1} spikes, so they are exact integers times 1/samples.
-    """
-    if samples is not None:
-        data = Subset(data, range(min(samples, len(data))))
-    net.eval()
-    synops = {layer.name: 0.0 for layer in account.layers}
-    spikes = {layer.name: 0.0 for layer in account.layers}
-    fired = {layer.name: torch.zeros(layer.shape, dtype=torch.bool) for layer in account.layers}
-    preds, correct, seen = [], 0, 0
-    with SpikeRecorder(net, account, detach=True) as rec:
-        for x, y in loader(data, batch_size, shuffle=False):
-            logits = net(x)
-            pred = logits.argmax(1)
-            preds.append(pred)
-            correct += int((pred == y).sum())
-            seen += len(y)
-            for name, s in rec.activity.items():
-                s64 = s.double()
-                synops[name] += float(energy.synops(account, {name: s64}, n_samples=1))
-                spikes[name] += float(s64.sum())
-                fired[name] |= (s64 > 0).any(0).reshape(fired[name].shape)
-    if seen == 0:
-        raise ValueError("no samples to measure")
-    return Measurement(seen, correct / seen, {k: v / seen for k, v in synops.items()}, spikes, fired,
-                       torch.cat(preds))
-
-
-def direct_metrics(m: Measurement, account: energy.NetworkAccount, energy_model: energy.EnergyModel | None = None,
-                   e_baseline_j: float | None = None) -> dict[str, Any]:
-    """The metrics of Table 2 of 000_* and App. B of 004_* from a :class:`Measurement` (T = 1).
-
-    * ``e_snn_j`` = E_AC · SynOps per inference (Eq. 11-12; the first layer's analog input is not a spike);
-      ``e_snn_per_layer_j`` = E_SNN(l) with l the spiking layer whose spikes cause the SynOps.
-    * ``e_snn_over_baseline`` = E_SNN / E_baseline (Table 2), if ``e_baseline_j`` is given.
-    * ``dead_rate`` (Def. 3.1): neurons that never fire on any of the samples / all neurons; also per layer.
-    * ``firing_rate`` R(l) (Eq. 9) and ``R`` (Eq. 10, mean over the L spiking layers).
-    * ``e_full_over_method`` (App. B of 004_*): E_Full = E_MAC · Σ_l FLOPs(l) = E_MAC · MACs of the same
-      architecture as a full-precision ANN, E_Method = E_AC · Σ_l FLOPs(l) R(l) = E_SNN (per neuron exact ψ
-      instead of layer averages). ``e_full_over_method_incl_input_layer`` also charges the weight layer(s) fed by
-      the analog input densely at E_MAC (a conservative reading, see docs/direct.md).
-    """
-    em = energy_model or energy.ENERGY_MODELS["cmos45nm"]
-    n = m.samples
-    layers = account.layers
-    rates = {layer.name: m.spikes_per_layer[layer.name] / (layer.neurons * n) for layer in layers}
-    dead_per_layer = {layer.name: 1.0 - float(m.ever_fired[layer.name].double().mean()) for layer in layers}
-    dead = sum(int((~m.ever_fired[layer.name]).sum()) for layer in layers)
-    e_snn = em.snn_joules(m.synops)
-    e_full = em.ann_joules(account.macs)
-    input_consumers = set(account.input_layer.consumers)
-    first_macs = sum(w.macs for w in account.weights if w.name in input_consumers)
-    e_method_in = e_snn + em.ann_joules(first_macs)
-    omega_total = sum(m.spikes_per_layer.values()) / n
-    omega_balance = sum(m.spikes_per_layer[layer.name] / layer.neurons for layer in layers) / n
-    out = {
-        "samples": n,
-        "accuracy": m.accuracy,
-        "synops": m.synops,
-        "synops_per_layer": dict(m.synops_per_layer),
-        "e_snn_j": e_snn,
-        "e_snn_pj": e_snn * 1e12,
-        "e_snn_per_layer_j": {k: em.snn_joules(v) for k, v in m.synops_per_layer.items()},
-        "e_snn_over_baseline": (e_snn / e_baseline_j) if e_baseline_j else None,
-        "e_baseline_j": e_baseline_j,
-        "dead_rate": dead / account.neurons,
-        "dead_neurons": dead,
-        "neurons": account.neurons,
-        "dead_rate_per_layer": dead_per_layer,
-        "firing_rate": rates,
-        "R": sum(rates.values()) / len(rates),
-        "omega_total": omega_total,
-        "omega_balance": omega_balance,
-        "omega_syn": m.synops,  # p = 1: Ω_syn = SynOps per sample (Theorem 3.4)
-        "macs": account.macs,
-        "e_full_j": e_full,
-        "e_full_over_method": e_full / e_snn if e_snn > 0 else math.inf,
-        "e_full_over_method_incl_input_layer": e_full / e_method_in if e_method_in > 0 else math.inf,
-        "energy_model": {"name": em.name, "e_ac_pj": em.e_ac_pj, "e_mac_pj": em.e_mac_pj},
-    }
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Batch norm folded into thresholds (Eq. 27 of 004_*)
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FoldResult:
-    """A folded network (no BN before neurons; :class:`ThresholdNeuron` sites) and what the folding did."""
-
-    net: nn.Module
-    thresholds: dict[str, torch.Tensor]
-    polarity: dict[str, torch.Tensor]  # only sites with a γ < 0 channel that could not be folded into weights
-    removed_bn: list[str]
-    negated: dict[str, list[int]]  # weight layer -> output channels whose sign was flipped (γ < 0)
-    constant: dict[str, dict[str, list[int]]]  # site -> {"always": [...], "never": [...]} channels (γ = 0)
-    u_th: dict[str, float]
-
-    @property
-    def exportable(self) -> bool:
-        return not self.polarity
-
-
-def fold_thresholds(model: nn.Module) -> FoldResult:
-    """Fold every ``BN -> SingleStepNeuron`` into a per-neuron threshold (Eq. 27 of 004_*), exactly.
-
-    With σ = sqrt(running_var + eps): H(γ(x - μ)/σ + β - u_th) equals
-
-    * γ > 0: H(x - θ'), θ' = μ + σ(u_th - β)/γ;
-    * γ < 0: the inequality flips, s = [x <= θ'] = H(-x - (-θ')): the output channel of the conv/linear feeding the
-      BN is negated (weights and bias; exact in floating point) and θ = -θ'.  If no such exclusive weight layer
-      exists (e.g. the BN after a residual addition) the neuron keeps a polarity of -1 (exact in PyTorch, but not
-      exportable to IF neurons);
-    * γ = 0: s = H(β - u_th) is constant: θ = -max float (always fires) or +max float (never fires).
-
-    Thresholds are computed in float64 and stored in the model's dtype.  The BN modules become ``nn.Identity`` (so
-    the module names, the state_dict keys of the weights and the energy accounting are unchanged).  Sites without
-    a BN right before them get θ = u_th.  The input ``model`` is not modified.
-    """
-    net = copy.deepcopy(model).eval()
-    modules = dict(net.named_modules())
-    links = _site_links(net)
-    if not links:
-        raise ValueError("the network has no single-step neurons to fold")
-    thresholds, polarity, negated, constant, u_ths, removed = {}, {}, {}, {}, {}, []
-    for link in links:
-        neuron = modules[link.site]
-        if isinstance(neuron, ThresholdNeuron):
-            raise ValueError(f"site {link.site!r} is already folded")
-        if neuron.bipolar:
-            raise ValueError(f"site {link.site!r} emits ±1 ({neuron.surrogate}); folding and the IF export need "
-                             "{0, 1} spikes")
-        u_th = neuron.u_th
-        u_ths[link.site] = u_th
-        param = next(net.parameters())
-        dtype = param.dtype
-        big = float(torch.finfo(torch.float32).max)
-        if link.bn is None:
-            thresholds[link.site] = torch.tensor(u_th, dtype=dtype)
-            _set_module(net, link.site, ThresholdNeuron(thresholds[link.site]))
-            continue
-        bn = modules[link.bn]
-        if bn.running_mean is None or bn.running_var is None:
-            raise ValueError(f"batch norm {link.bn!r} keeps no running statistics; it cannot be folded")
-        mu = bn.running_mean.detach().double()
-        sigma = torch.sqrt(bn.running_var.detach().double() + bn.eps)
-        gamma = bn.weight.detach().double() if bn.affine else torch.ones_like(mu)
-        beta = bn.bias.detach().double() if bn.affine else torch.zeros_like(mu)
-        pos, neg, zero = gamma > 0, gamma < 0, gamma == 0
-        safe_gamma = torch.where(zero, torch.ones_like(gamma), gamma)
-        theta = mu + sigma * (u_th - beta) / safe_gamma
-        pol = torch.ones_like(theta)
-        if bool(neg.any()):
-            channels = neg.nonzero().flatten().tolist()
-            if link.linear is not None:
-                lin = modules[link.linear]
-                with torch.no_grad():
-                    lin.weight[channels] = -lin.weight[channels]
-                    if lin.bias is not None:
-                        lin.bias[channels] = -lin.bias[channels]
-                theta = torch.where(neg, -theta, theta)
-                negated[link.linear] = channels
-            else:
-                pol = torch.where(neg, -torch.ones_like(pol), pol)
-        fires = beta.to(bn.weight.dtype if bn.affine else dtype).double() >= u_th
-        if bool(zero.any()):
-            theta = torch.where(zero & fires, torch.full_like(theta, -big), theta)
-            theta = torch.where(zero & ~fires, torch.full_like(theta, big), theta)
-            pol = torch.where(zero, torch.ones_like(pol), pol)
-            constant[link.site] = {"always": (zero & fires).nonzero().flatten().tolist(),
-                                   "never": (zero & ~fires).nonzero().flatten().tolist()}
-        # per channel, broadcast over the positions of the BN's input ([C] for BatchNorm1d on features)
-        dims = {nn.BatchNorm1d: 0, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}[type(bn)] if type(bn) in (
-            nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d) else 0
-        shape = (-1,) + (1,) * dims
-        theta_t = theta.clamp(-big, big).to(dtype).reshape(shape)
-        pol_t = pol.to(dtype).reshape(shape) if bool((pol < 0).any()) else None
-        thresholds[link.site] = theta_t
-        if pol_t is not None:
-            polarity[link.site] = pol_t
-        _set_module(net, link.bn, nn.Identity())
-        removed.append(link.bn)
-        _set_module(net, link.site, ThresholdNeuron(theta_t, pol_t))
-    return FoldResult(net.eval(), thresholds, polarity, removed, negated, constant, u_ths)
-
-
-def export_sinabs(fold: FoldResult):
-    """The folded network as a T = 1 sinabs network (``IFSqueeze`` with per-neuron thresholds, single spike).
-
-    Count coding at T = 1 injects the input once; ``readout="current"``: the logits are the output current, as in
-    the single-step network.  ``simulate(snn, data, timesteps=1, input_shape)`` then reproduces the folded network's
-    predictions and spikes exactly.
-    """
-    from synopt.convert.to_sinabs import to_sinabs
-
-    if not fold.exportable:
-        detail = ", ".join(f"{k} ({int((v < 0).sum())} channels)" for k, v in fold.polarity.items())
-        raise ValueError(f"cannot export to IF neurons: negative batch-norm γ with no exclusive conv/linear "
-                         f"before it at {detail}; an IF neuron fires only above its threshold")
-    return to_sinabs(fold.net, encoding="count", thresholds=dict(fold.thresholds), single_spike=True,
-                     readout="current")
-
-
-def save_snn(folder: str | Path, fold: FoldResult, spec: dict) -> None:
-    """``folder/weights.pt`` (folded state_dict + thresholds) and ``folder/spec.json`` (see docs/direct.md)."""
-    folder = Path(folder)
-    save_checkpoint(folder / "weights.pt", {"state_dict": fold.net.state_dict(),
-                                            "thresholds": {k: v.detach().clone() for k, v in fold.thresholds.items()},
-                                            "polarity": {k: v.detach().clone() for k, v in fold.polarity.items()}})
-    full = {"format": SNN_FORMAT, "route": "direct", **spec,
-            "encoding": "count", "timesteps": 1, "single_spike": True, "readout": "current", "min_v_mem": None,
-            "init_v_fraction": 0.0, "sites": list(fold.thresholds), "removed_batchnorm": fold.removed_bn,
-            "negated_channels": fold.negated, "constant_neurons": fold.constant, "u_th": fold.u_th,
-            "exportable": fold.exportable}
-    write_json(folder / "spec.json", full)
-
-
-def load_folded(folder: str | Path) -> tuple[nn.Module, dict, dict[str, torch.Tensor]]:
-    """The folded network of a direct run's ``snn/`` folder, its spec and its thresholds."""
-    folder = Path(folder)
-    spec_path = folder / "spec.json"
-    if not spec_path.is_file():
-        raise FileNotFoundError(f"{spec_path} not found: pass the snn folder of a `synopt finetune --direct` run")
-    spec = json.loads(spec_path.read_text())
-    if spec.get("format") != SNN_FORMAT:
-        raise ValueError(f"{spec_path} is not a direct-route SNN ({spec.get('format')!r})")
-    src = spec["source"]
-    net = zoo.build(src["name"], act=ThresholdNeuron, **src.get("overrides", {}))
-    for name in spec["removed_batchnorm"]:
-        _set_module(net, name, nn.Identity())
-    payload = load_checkpoint(folder / "weights.pt")
-    net.load_state_dict(payload["state_dict"])
-    thresholds = payload.get("thresholds", {})
-    polarity = payload.get("polarity", {}) or {}
-    for name, theta in thresholds.items():
-        net.get_submodule(name).set_threshold(theta, polarity.get(name))
-    return net.eval(), spec, thresholds
-
-
-def load_snn(folder: str | Path):
-    """The exported T = 1 sinabs network of a direct run's ``snn/`` folder, and its spec."""
-    from synopt.convert.to_sinabs import to_sinabs
-
-    net, spec, thresholds = load_folded(folder)
-    snn = to_sinabs(net, encoding="count", thresholds=thresholds, single_spike=True, readout="current")
-    return snn, spec
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------------------

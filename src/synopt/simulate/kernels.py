@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 try:  # numba is optional: the torch loop gives identical results, only slower

@@ -16,14 +16,18 @@ from common import paired_ratio, write_section
 from synopt import energy, zoo
 
 
-def step_fn(model, x, y, opt, account=None):
+def step_fn(model, x, y, opt, account=None, penalty=None, recorded=None):
+    """One training step; with ``account`` the loss adds ``penalty(recorder)`` (default: the SynOp term) computed
+    from the activity of ``recorded`` (default: ``model``)."""
+    penalty = penalty or (lambda rec: 1e-9 * rec.synops(len(x)))
+
     def step():
         if account is None:
             loss = F.cross_entropy(model(x), y)
         else:
-            with energy.ActivityRecorder(model, account) as rec:
+            with energy.ActivityRecorder(recorded or model, account) as rec:
                 logits = model(x)
-            loss = F.cross_entropy(logits, y) + 1e-9 * rec.synops(len(x))
+            loss = F.cross_entropy(logits, y) + penalty(rec)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -67,13 +71,7 @@ def main() -> None:
     opt_q = torch.optim.Adam(qnet.parameters(), 1e-4)
     qnet.train()
 
-    def qat_step():
-        with energy.ActivityRecorder(qnet.net, q_account) as rec:
-            logits = qnet(x)
-        loss = F.cross_entropy(logits, y) + loss_fn(rec.synops(len(x)))
-        opt_q.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_q.step()
+    qat_step = step_fn(qnet, x, y, opt_q, q_account, lambda rec: loss_fn(rec.synops(len(x))), recorded=qnet.net)
 
     med, ratios, plain, qat = paired_ratio(qat_step, step_fn(ann, x, y, opt_a), args.pairs)
     q = statistics.quantiles(ratios, n=4)
@@ -87,13 +85,7 @@ def main() -> None:
     omega_one = s_account.omega_all_firing("syn")
     opt_s = torch.optim.Adam(snn.parameters(), 1e-4)
 
-    def direct_step():
-        with energy.ActivityRecorder(snn, s_account) as rec:
-            logits = snn(x)
-        loss = F.cross_entropy(logits, y) + 64 / omega_one * rec.omega("syn", 1.0, len(x))
-        opt_s.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_s.step()
+    direct_step = step_fn(snn, x, y, opt_s, s_account, lambda rec: 64 / omega_one * rec.omega("syn", 1.0, len(x)))
 
     d_med, d_ratios, d_plain, d_step = paired_ratio(direct_step, step_fn(ann, x, y, opt_a), args.pairs)
     dq = statistics.quantiles(d_ratios, n=4)

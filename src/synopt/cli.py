@@ -81,7 +81,10 @@ def cmd_count(args: argparse.Namespace) -> int:
     em = energy.get_energy_model(args.energy_model, args.e_ac, args.e_mac)
     measured = None
     if args.dataset:
-        measured = _measure_activity(model, account, args)
+        from synopt import data
+        from synopt.finetune.ann import measure_synops
+
+        measured, _ = measure_synops(model, account, data.load(args.dataset, args.data_root).test, args.samples)
     print(account.table(em, measured))
     if args.json:
         from synopt.runs import write_json
@@ -89,30 +92,6 @@ def cmd_count(args: argparse.Namespace) -> int:
         write_json(args.json, account.to_dict(em, measured))
         print(f"wrote {args.json}")
     return 0
-
-
-def _measure_activity(model, account, args) -> dict[str, float]:
-    """ANN-estimated SynOps per inference: psi-weighted activations on ``--samples`` test images."""
-    import torch
-
-    from synopt import data, energy
-    from synopt.finetune.train import loader
-
-    splits = data.load(args.dataset, args.data_root)
-    model.eval()
-    totals: dict[str, float] = {}
-    seen = 0
-    with torch.no_grad(), energy.ActivityRecorder(model, account, detach=True) as rec:
-        for x, _ in loader(splits.test, 256, shuffle=False):
-            x = x[: args.samples - seen]
-            rec.activity = {}
-            model(x)
-            for name, value in rec.synops_per_layer(1).items():
-                totals[name] = totals.get(name, 0.0) + value
-            seen += len(x)
-            if seen >= args.samples:
-                break
-    return {k: v / seen for k, v in totals.items()}
 
 
 # ---- zoo / data -------------------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class ConvertConfig:
     frames: dict = field(default_factory=dict)  # event framing options for event datasets (n_time_bins/event_count)
     train_epochs: int = 0  # >0: first train the (zoo) ANN from scratch for this many epochs
     train_lr: float = 3e-3
+    train_samples: int | None = None  # a seeded subset of the training split (the sweep's shared budget)
     seed: int = 0
     progress: bool = True
 
@@ -78,6 +79,9 @@ def _prepare(model, cfg: ConvertConfig, notes):
 
 def _splits(cfg: ConvertConfig):
     splits = data.load(cfg.dataset, cfg.data_root, split_seed=cfg.seed)
+    if cfg.train_samples:
+        perm = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(cfg.seed))
+        splits = dataclasses.replace(splits, train=Subset(splits.train, perm[:cfg.train_samples].tolist()))
     sim = splits
     if splits.is_event:
         framing = cfg.frames or {"n_time_bins": cfg.timesteps}

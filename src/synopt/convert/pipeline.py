@@ -20,7 +20,7 @@ from synopt.convert.qat import QReLUNetwork, estimate, finetune, qrelu_network
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.source import ModelSource, keep_copy, load_model
 from synopt.convert.to_sinabs import to_sinabs
-from synopt.finetune.train import TrainConfig, evaluate, fit
+from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
 from synopt.runs import RunDir, save_checkpoint, write_json
 from synopt.simulate.run import SimResult, simulate
 
@@ -80,8 +80,7 @@ def _prepare(model, cfg: ConvertConfig, notes):
 def _splits(cfg: ConvertConfig):
     splits = data.load(cfg.dataset, cfg.data_root, split_seed=cfg.seed)
     if cfg.train_samples:
-        perm = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(cfg.seed))
-        splits = dataclasses.replace(splits, train=Subset(splits.train, perm[:cfg.train_samples].tolist()))
+        splits = dataclasses.replace(splits, train=seeded_subset(splits.train, cfg.train_samples, cfg.seed))
     sim = splits
     if splits.is_event:
         framing = cfg.frames or {"n_time_bins": cfg.timesteps}

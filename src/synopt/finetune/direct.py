@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Subset
 
 from synopt import energy, zoo
 from synopt.finetune.neuron import SURROGATES, neuron_factory
@@ -28,7 +27,7 @@ from synopt.finetune.penalty import PENALTY_KINDS, SCHEDULES, Penalty, SpikeReco
 from synopt.finetune.fold import FoldResult, export_sinabs, fold_thresholds, load_folded, load_snn, save_snn
 from synopt.finetune.metrics import Measurement, direct_metrics, measure
 from synopt.finetune.sites import _BN, site_links
-from synopt.finetune.train import TrainConfig, fit, loader
+from synopt.finetune.train import TrainConfig, fit, loader, seeded_subset
 from synopt.runs import RunDir, load_checkpoint, save_checkpoint, write_text
 
 __all__ = [
@@ -287,10 +286,7 @@ def train_direct(model: str = "digitsnet", dataset: str = "digits", *, out: str 
     if splits.is_event:
         raise ValueError(f"{dataset} is an event dataset; single-step training needs static images")
     shape = tuple(splits.input_shape)
-    train_set = splits.train
-    if train_samples:
-        perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:train_samples]
-        train_set = Subset(train_set, perm.tolist())
+    train_set = seeded_subset(splits.train, train_samples, seed)
     run = RunDir(out, {"command": "finetune --direct", **asdict(cfg), "resolved": res})
     torch.manual_seed(seed)
     net = build_snn(model, shape, splits.num_classes, surrogate, **res["hyper"])

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from synopt.runs import load_checkpoint, save_checkpoint
@@ -51,6 +51,14 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose adam or sgd")
+
+
+def seeded_subset(ds: Dataset, samples: int | None, seed: int) -> Dataset:
+    """``samples`` items of ``ds`` drawn without replacement by ``seed`` (all of it when ``samples`` is falsy)."""
+    if not samples:
+        return ds
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:samples]
+    return Subset(ds, perm.tolist())
 
 
 def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:

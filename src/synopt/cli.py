@@ -256,6 +256,50 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- sweep / report ---------------------------------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from synopt.compare.study import expand, load_study
+    from synopt.compare.sweep import sweep
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if args.dry_run:
+        plan = expand(load_study(args.study, args.data_root))
+        for spec in plan:
+            print(f"{spec.run_id:48s} {spec.kind:10s} " + " ".join(
+                f"{k}={v}" for k, v in spec.params.items() if k not in ("model", "dataset", "data_root")))
+        print(f"{len(plan)} runs")
+        return 0
+    result = sweep(args.study, out=args.out, workers=args.workers, ray_address=args.ray_address,
+                   data_root=args.data_root, retry_failed=not args.no_retry, progress=not args.quiet)
+    print(f"{len(result.ran)} runs done, {len(result.skipped)} already finished, {len(result.failed)} failed"
+          + (f" ({', '.join(result.failed)}: see runs/<id>/error.txt)" if result.failed else ""))
+    print(f"results: {result.path / 'results.csv'}; report: synopt report {result.path} -o report.html")
+    if args.report:
+        from synopt.compare.report import write_report
+
+        html = write_report(result.path, result.path / "report.html", result.path / "report.md")
+        print(f"report: {html}")
+    return 1 if result.failed and not result.ran and not result.skipped else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from synopt.compare.report import write_report
+
+    src = Path(args.src)
+    if not src.is_dir():
+        raise UserError(f"{src} is not a folder; give a sweep folder (with results.json) or a run folder")
+    html = Path(args.output) if args.output else src / "report.html"
+    if html.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"-o {html}: the report is HTML; give a name ending in .html")
+    md = Path(args.markdown) if args.markdown else html.with_suffix(".md")
+    write_report(src, html, md)
+    print(f"report: {html} (Markdown: {md})")
+    return 0
+
+
 # ---- parser -----------------------------------------------------------------------------------------------------------
 
 
@@ -413,6 +457,27 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--json", help="write the measurements to this file")
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_simulate)
+
+    sw = sub.add_parser("sweep", help="run a study: both routes over a grid of targets, penalties, λ' and seeds",
+                        description="Run (or resume) every run of a study file (.toml/.yaml) as a run folder under "
+                                    "OUT/runs; write OUT/results.csv and results.json (docs/sweeps.md).")
+    sw.add_argument("study", help="study file (.toml, .yaml or .json)")
+    sw.add_argument("--out", help="sweep folder (default runs/sweeps/<study name>); re-run to resume")
+    sw.add_argument("--workers", type=int, help="parallel runs on this machine (default: the study's, else cores)")
+    sw.add_argument("--ray-address", help="run on Ray: auto, HOST:PORT, or local (a private instance here)")
+    sw.add_argument("--data-root", help="data root (overrides the study's)")
+    sw.add_argument("--no-retry", action="store_true", help="keep failed runs failed when resuming")
+    sw.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    sw.add_argument("--report", action="store_true", help="write OUT/report.html and report.md at the end")
+    sw.add_argument("--quiet", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="a self-contained HTML (and Markdown) report of a sweep or a run",
+                        description="Tables, curve scores, plots and a verdict from a sweep folder or a run folder.")
+    rp.add_argument("src", help="sweep folder (results.json) or run folder (metrics.json)")
+    rp.add_argument("-o", "--output", help="HTML file (default SRC/report.html)")
+    rp.add_argument("--markdown", help="Markdown file (default: next to the HTML, .md)")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

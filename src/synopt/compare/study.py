@@ -1,0 +1,224 @@
+"""Study files: one model, one dataset, one training budget and a grid of methods, expanded into run specs.
+
+A study is a YAML or TOML file (see docs/sweeps.md and studies/)::
+
+    name = "cnn7-fmnist"
+    model = "cnn7"
+    dataset = "fashion-mnist"
+    seeds = [0, 1]
+    [budget]                      # shared by every run of every route
+    train_samples = 12000
+    epochs = 4
+    [ann]                         # the ReLU ANN, trained once per seed: conversion source and accuracy reference
+    lr = 1e-3
+    [[methods]]                   # list-valued keys are grid axes
+    route = "direct"
+    penalty = ["syn", "total", "balance"]
+    p = [1, 2]
+    lambda_norm = [0, 16, 64]     # 0 = the unpenalised reference (one run per seed and surrogate)
+    [[methods]]
+    route = "conversion"
+    method = "qrelu"
+    target_synops = 2e5
+    schedule_points = 4           # halve the target 3 times, each point initialised from the previous one
+    timesteps = [1, 10]
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: λ' of App. A.3 of 000_* (the default grid of a direct method)
+PAPER_LAMBDAS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+TOP_KEYS = {"name", "model", "dataset", "data_root", "seeds", "budget", "ann", "methods", "workers",
+            "threads_per_worker", "energy_model", "description"}
+BUDGET_KEYS = {"train_samples", "epochs", "batch_size", "eval_samples", "lr", "weight_decay"}
+ANN_KEYS = {"epochs", "lr", "batch_size", "weight_decay"}
+DIRECT_KEYS = {"route", "penalty", "p", "lambda_norm", "surrogate", "alpha", "tau", "epochs", "lr", "weight_decay",
+               "bn_decay", "optimizer", "label_smoothing", "from_ann", "init_rate", "schedule"}
+CONVERSION_KEYS = {"route", "method", "target_synops", "schedule_points", "timesteps", "epochs", "lr",
+                   "weight_decay", "rho", "percentile", "calibrate", "single_spike", "init_v_fraction",
+                   "estimate_samples"}
+ROUTES = {"direct": DIRECT_KEYS, "conversion": CONVERSION_KEYS}
+
+
+class StudyError(ValueError):
+    """A study file that cannot be run; the message names the file, the key and the fix."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: ``kind`` (ann | direct | conversion), its folder name and its keyword arguments."""
+
+    run_id: str
+    kind: str
+    seed: int
+    params: dict[str, Any] = field(hash=False)
+    needs: str | None = None  # run_id of the ANN run this run starts from
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "kind": self.kind, "seed": self.seed, "params": self.params,
+                "needs": self.needs}
+
+
+@dataclass
+class Study:
+    name: str
+    model: str
+    dataset: str
+    data_root: str | None
+    seeds: list[int]
+    budget: dict[str, Any]
+    ann: dict[str, Any]
+    methods: list[dict[str, Any]]
+    workers: int | None = None
+    threads_per_worker: int = 1
+    energy_model: str = "cmos45nm"
+    source: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items()}
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise StudyError(f"study file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            obj = yaml.safe_load(text)
+            return obj if obj is not None else {}
+        if path.suffix == ".json":
+            return json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parser error is a user-facing file problem
+        raise StudyError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    raise StudyError(f"{path}: unknown study format {path.suffix!r}; use .toml, .yaml/.yml or .json")
+
+
+def _check_keys(where: str, obj: Any, allowed: set[str]) -> dict:
+    if not isinstance(obj, dict):
+        raise StudyError(f"{where} must be a table/mapping, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise StudyError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    return obj
+
+
+def load_study(path: str | Path, data_root: str | None = None) -> Study:
+    """Read and validate a study file (``data_root`` overrides the file's)."""
+    path = Path(path)
+    raw = _check_keys(str(path), _read(path), TOP_KEYS)
+    for key in ("model", "dataset", "methods"):
+        if key not in raw:
+            raise StudyError(f"{path}: missing required key {key!r}")
+    seeds = raw.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    if not seeds or not all(isinstance(s, int) for s in seeds):
+        raise StudyError(f"{path}: seeds must be an integer or a list of integers, got {seeds!r}")
+    methods = raw["methods"]
+    if not isinstance(methods, list) or not methods:
+        raise StudyError(f"{path}: methods must be a non-empty list of tables ([[methods]] in TOML)")
+    for i, m in enumerate(methods):
+        where = f"{path}: methods[{i}]"
+        route = m.get("route") if isinstance(m, dict) else None
+        if route not in ROUTES:
+            raise StudyError(f"{where}: route must be 'direct' or 'conversion', got {route!r}")
+        _check_keys(where, m, ROUTES[route])
+        if route == "conversion":
+            method = m.get("method", "qrelu")
+            if method not in ("qrelu", "rho", "scale"):
+                raise StudyError(f"{where}: method must be qrelu, rho or scale, got {method!r}")
+            if method == "qrelu" and "target_synops" not in m:
+                raise StudyError(f"{where}: a qrelu conversion needs target_synops (a number or a list)")
+    from synopt import zoo
+
+    try:
+        zoo.get_spec(raw["model"])
+    except Exception as exc:  # noqa: BLE001
+        raise StudyError(f"{path}: {exc}") from exc
+    return Study(name=str(raw.get("name", path.stem)), model=raw["model"], dataset=raw["dataset"],
+                 data_root=data_root or raw.get("data_root"), seeds=list(seeds),
+                 budget=dict(_check_keys(f"{path}: budget", raw.get("budget", {}), BUDGET_KEYS)),
+                 ann=dict(_check_keys(f"{path}: ann", raw.get("ann", {}), ANN_KEYS)), methods=methods,
+                 workers=raw.get("workers"), threads_per_worker=int(raw.get("threads_per_worker", 1)),
+                 energy_model=raw.get("energy_model", "cmos45nm"), source=str(path))
+
+
+def _grid(method: dict, defaults: dict | None = None) -> list[dict]:
+    """Cartesian product over the list-valued keys of ``method`` (``defaults`` fill missing keys first)."""
+    full = {**(defaults or {}), **method}
+    keys = sorted(full)
+    axes = [full[k] if isinstance(full[k], list) else [full[k]] for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
+
+
+def _num(x: float) -> str:
+    return f"{x:g}".replace("+", "")
+
+
+def _direct_id(p: dict, seed: int) -> str:
+    sur = p.get("surrogate", "s2nn")
+    if p["penalty"] == "none":
+        return f"direct-none-{sur}-s{seed}"
+    return f"direct-{p['penalty']}-p{_num(p['p'])}-{sur}-lam{_num(p['lambda_norm'])}-s{seed}"
+
+
+def expand(study: Study) -> list[RunSpec]:
+    """Every run of the study, ANN runs first, without duplicates (λ' = 0 collapses to one unpenalised run)."""
+    b = study.budget
+    common = {"model": study.model, "dataset": study.dataset, "data_root": study.data_root}
+    runs: dict[str, RunSpec] = {}
+    need_ann = any(m["route"] == "conversion" for m in study.methods)
+    for seed in study.seeds:
+        ann_id = f"ann-s{seed}"
+        if need_ann:
+            runs[ann_id] = RunSpec(ann_id, "ann", seed, {
+                **common, "epochs": study.ann.get("epochs", b.get("epochs", 5)),
+                "lr": study.ann.get("lr", b.get("lr", 1e-3)),
+                "batch_size": study.ann.get("batch_size", b.get("batch_size", 64)),
+                "weight_decay": study.ann.get("weight_decay", b.get("weight_decay", 0.0)),
+                "train_samples": b.get("train_samples"), "seed": seed})
+        for m in study.methods:
+            if m["route"] == "direct":
+                for p in _grid(m, {"penalty": "syn", "p": 1, "lambda_norm": list(PAPER_LAMBDAS),
+                                   "surrogate": "s2nn"}):
+                    p.pop("route")
+                    if not p["lambda_norm"] or p["penalty"] == "none":
+                        p.update(penalty="none", p=1, lambda_norm=0.0)
+                    for key in ("epochs", "lr", "weight_decay"):
+                        p.setdefault(key, b.get(key))
+                    params = {**common, **p, "seed": seed, "batch_size": b.get("batch_size"),
+                              "train_samples": b.get("train_samples"), "eval_samples": b.get("eval_samples"),
+                              "energy_model": study.energy_model}
+                    if p.get("from_ann") == "ann":  # start from this study's ANN of the same seed
+                        params["from_ann"] = None
+                        spec = RunSpec(_direct_id(p, seed) + "-ft", "direct", seed, params, needs=ann_id)
+                    else:
+                        spec = RunSpec(_direct_id(p, seed), "direct", seed, params)
+                    runs.setdefault(spec.run_id, spec)
+            else:
+                for p in _grid(m, {"method": "qrelu", "timesteps": 10}):
+                    p.pop("route")
+                    method = p["method"]
+                    tag = {"qrelu": lambda: f"t{_num(p['target_synops'])}x{p.get('schedule_points', 1)}",
+                           "rho": lambda: f"rho{_num(p['rho'])}" if "rho" in p else "rhogrid",
+                           "scale": lambda: f"p{_num(p.get('percentile', 99.9))}"}[method]()
+                    p.setdefault("epochs", b.get("epochs", 5))
+                    if b.get("lr") is not None:
+                        p.setdefault("lr", b["lr"])
+                    params = {**common, **p, "seed": seed, "batch_size": b.get("batch_size", 64),
+                              "train_samples": b.get("train_samples"), "eval_samples": b.get("eval_samples")}
+                    run_id = f"conv-{method}-{tag}-T{p['timesteps']}-s{seed}"
+                    runs.setdefault(run_id, RunSpec(run_id, "conversion", seed, params, needs=ann_id))
+    return sorted(runs.values(), key=lambda r: (r.kind != "ann", r.run_id))

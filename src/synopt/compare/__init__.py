@@ -1,0 +1,1 @@
+"""Comparison of routes: sweeps, curve scores, plots, reports."""

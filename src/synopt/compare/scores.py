@@ -29,9 +29,10 @@ __all__ = ["auc", "spearman", "mutual_information", "curve_scores", "score_table
            "metric_names", "INTENSITY_DIRECTION"]
 
 #: Which way the energy should move as each kind of intensity grows (the ``intensity_name`` column of the results
-#: table). "decreasing": a penalty strength; "increasing": a budget the energy should follow.
+#: table). "decreasing": a penalty strength; "increasing": a budget the energy should follow. Robust scaling's
+#: percentile divides the weights by a larger activation quantile as it grows, so fewer spikes: "decreasing".
 INTENSITY_DIRECTION = {"lambda_norm": "decreasing", "lambda": "decreasing", "target_synops": "increasing",
-                       "rho": "increasing"}
+                       "rho": "increasing", "percentile": "decreasing"}
 
 _DIRECTIONS = ("decreasing", "increasing")
 _ESTIMATORS = ("ksg", "plugin")

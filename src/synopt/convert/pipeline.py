@@ -3,6 +3,10 @@
 import -> prepare (BN fold, max->avg pool, one neuron per call site) -> baseline SNN (plain weights, θ = 1)
 -> QReLU + SynOp-loss fine-tuning for one target or a halving schedule (each point initialised from the previous)
 -> calibration of the SynOps to the target -> sinabs IF conversion -> T-step simulation -> run folder.
+
+Event datasets (issue 3): the ANN trains on prefix-augmented collapsed images (``event_augment``), QAT is time-aware
+on random framings of the recordings (``temporal_qat``, ``convert/temporal.py``) and every SynOp estimate (rho
+choice, annealing start, calibration) is taken on the simulated framing, where it equals the SNN's count.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -19,6 +24,7 @@ from synopt import data, energy
 from synopt.convert.qat import QReLUNetwork, estimate, finetune, qrelu_network
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.source import ModelSource, keep_copy, load_model
+from synopt.convert.temporal import RandomFraming, exact_for
 from synopt.convert.to_sinabs import to_sinabs
 from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
 from synopt.runs import RunDir, save_checkpoint, write_json
@@ -58,6 +64,10 @@ class ConvertConfig:
     train_epochs: int = 0  # >0: first train the (zoo) ANN from scratch for this many epochs
     train_lr: float = 3e-3
     train_samples: int | None = None  # a seeded subset of the training split (the sweep's shared budget)
+    event_augment: str | None = "prefix"  # event datasets: augmentation of the training images (None: none)
+    temporal_qat: bool | None = None  # event datasets: time-aware QAT (None: on when exact for the neuron options)
+    fine_bins: int = 30  # time-aware QAT: every recording as this many time bins, cut into random frames
+    max_frames: int | None = None  # time-aware QAT: 1..max_frames frames (None: as many as the simulated framing)
     seed: int = 0
     progress: bool = True
 
@@ -77,21 +87,55 @@ def _prepare(model, cfg: ConvertConfig, notes):
     return prepared
 
 
+_FRAMING_KEYS = ("n_time_bins", "event_count", "time_window", "remainder")
+
+
 def _splits(cfg: ConvertConfig):
+    """(image splits, simulated splits, training images): event datasets are simulated on frames
+    (``cfg.frames`` or ``cfg.timesteps`` time bins) and train on ``cfg.event_augment``-ed images."""
     splits = data.load(cfg.dataset, cfg.data_root, split_seed=cfg.seed)
     if cfg.train_samples:
         splits = dataclasses.replace(splits, train=seeded_subset(splits.train, cfg.train_samples, cfg.seed))
-    sim = splits
+    sim, train = splits, splits.train
     if splits.is_event:
         framing = cfg.frames or {"n_time_bins": cfg.timesteps}
         sim = data.load(cfg.dataset, cfg.data_root, split_seed=cfg.seed, representation="frames", **framing)
-    return splits, sim
+        if cfg.event_augment:
+            train = _train_split(cfg, augment=cfg.event_augment)[0]
+    return splits, sim, train
 
 
-def _sim(net, encoding: str, sim_splits, cfg: ConvertConfig, shape) -> SimResult:
+def _train_split(cfg: ConvertConfig, **opts):
+    """The (``train_samples``-subset) training split of ``cfg.dataset`` loaded with ``opts`` (non-framing
+    ``cfg.frames`` options such as merge_polarities kept)."""
+    kept = {k: v for k, v in cfg.frames.items() if k not in _FRAMING_KEYS}
+    splits = data.load(cfg.dataset, cfg.data_root, split_seed=cfg.seed, **{**kept, **opts})
+    return seeded_subset(splits.train, cfg.train_samples, cfg.seed), splits.val
+
+
+def _use_temporal_qat(cfg: ConvertConfig, is_event: bool) -> bool:
+    exact = exact_for(cfg.single_spike, cfg.min_v_mem, cfg.init_v_fraction)
+    if cfg.temporal_qat and not is_event:
+        raise ValueError(f"temporal_qat needs an event dataset; {cfg.dataset!r} is static (leave it unset)")
+    if cfg.temporal_qat and not exact:
+        raise ValueError("temporal_qat models multi-spike IF neurons with threshold 1, membrane from 0 and no lower "
+                         "bound; drop single_spike / min_v_mem / init_v_fraction or set temporal_qat=False")
+    return is_event and exact if cfg.temporal_qat is None else bool(cfg.temporal_qat)
+
+
+def _random_framing(cfg: ConvertConfig, sim_splits) -> RandomFraming:
+    """``cfg.max_frames``, else as many frames as the simulated framing gives (most over the training split)."""
+    most = cfg.max_frames or sim_splits.info.get("n_time_bins") or max(
+        sim_splits.train[i][0].shape[0] for i in range(len(sim_splits.train)))
+    return RandomFraming(cfg.fine_bins, min(int(most), cfg.fine_bins))
+
+
+def _sim(net, encoding: str, sim_splits, cfg: ConvertConfig, shape, split: str = "test",
+         samples: int | None = None) -> SimResult:
     snn = to_sinabs(net, encoding=encoding, single_spike=cfg.single_spike, min_v_mem=cfg.min_v_mem,
                     init_v_fraction=cfg.init_v_fraction)
-    return simulate(snn, sim_splits.test, cfg.timesteps, shape, samples=cfg.eval_samples, progress=cfg.progress,
+    return simulate(snn, getattr(sim_splits, split), cfg.timesteps, shape,
+                    samples=cfg.eval_samples if samples is None else samples, progress=cfg.progress,
                     seed=cfg.seed, collate_fn=sim_splits.collate_fn)
 
 
@@ -102,12 +146,14 @@ def _point(label: str, sim: SimResult, **extra) -> dict:
             "silent_layers": sim.silent_layers, "silent_output_fraction": sim.silent_output_fraction, **extra}
 
 
-def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float) -> tuple[float, list[dict]]:
+def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float,
+               collate_fn=None) -> tuple[float, list[dict]]:
     """Automatic first-layer scale (section 2.4.2 step 2 of 003_*): the smallest rho in ``rhos`` whose QReLU network
-    comes within 1 point of the ANN's validation accuracy; the most accurate one if none does."""
+    comes within 1 point of the ANN's validation accuracy; the most accurate one if none does. ``val`` of event
+    frames uses the time-aware estimate (``estimate``)."""
     trials = []
     for rho in sorted(rhos):
-        acc, syn, _ = estimate(qrelu_network(ann, rho), account, val, samples)
+        acc, syn, _ = estimate(qrelu_network(ann, rho), account, val, samples, collate_fn=collate_fn)
         trials.append({"rho": rho, "qrelu_val_acc": acc, "qrelu_synops": syn})
         if acc >= ann_acc - 0.01:
             return rho, trials
@@ -116,15 +162,19 @@ def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float) -
 
 @torch.no_grad()
 def calibrate(qnet: QReLUNetwork, account, val: Dataset, target: float, samples: int,
-              tolerance: float = 0.02) -> tuple[QReLUNetwork, float, float]:
+              tolerance: float = 0.02, collate_fn=None,
+              measure: Callable[[QReLUNetwork], float] | None = None) -> tuple[QReLUNetwork, float, float]:
     """Scale the first layer (and with it every later activity) by c so that the SynOps meet ``target``.
 
     The QReLU estimate equals the simulated count under count coding (see docs/conversion.md), so calibrating on
-    it calibrates the SNN. Bisection on log c in [1/8, 8]; returns (network, c, estimated SynOps).
+    it calibrates the SNN. For event frames in ``val`` the estimate is the time-aware one (``estimate``), equal to
+    the simulated SynOps on those frames; the image estimate would undercount them. ``measure(net) -> SynOps``
+    replaces the estimate (e.g. a simulation for neuron options the time-aware model does not cover).
+    Bisection on log c in [1/8, 8]; returns (network, c, SynOps at c).
     """
     def synops_at(c: float) -> tuple[QReLUNetwork, float]:
         net = QReLUNetwork(scale_first_layer(qnet.net, c, compensate_output=False))
-        return net, estimate(net, account, val, samples)[1]
+        return net, measure(net) if measure else estimate(net, account, val, samples, collate_fn=collate_fn)[1]
 
     best = (qnet, 1.0, synops_at(1.0)[1])
     if abs(best[2] / target - 1) <= tolerance:
@@ -157,7 +207,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     cfg = dataclasses.replace(cfg, source=source)
     run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
     model, model_shape, notes = load_model(source)
-    splits, sim_splits = _splits(cfg)
+    splits, sim_splits, train_images = _splits(cfg)
     expected = tuple(model_shape)
     if (cfg.input_convention or {}).get("grayscale_to_rgb") and expected[0] == 3:
         expected = (1, *expected[1:])
@@ -168,7 +218,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     if cfg.train_epochs > 0:
         ann_cfg = TrainConfig(epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.train_lr, seed=cfg.seed,
                               progress=cfg.progress)
-        hist = fit(model, splits.train, splits.val, ann_cfg, checkpoint_dir=out / "checkpoints" / "ann", desc="ANN")
+        hist = fit(model, train_images, splits.val, ann_cfg, checkpoint_dir=out / "checkpoints" / "ann", desc="ANN")
         save_checkpoint(out / "source" / "ann.pt", {"state_dict": model.state_dict()})
         notes[:] = [n for n in notes if not n.startswith("no checkpoint given")]
         notes.append(f"trained the ANN from scratch for {cfg.train_epochs} epochs "
@@ -178,6 +228,16 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     account = energy.analyze(ann, shape)
     ann_acc = evaluate(ann, splits.test)
     val = Subset(splits.val, range(min(cfg.estimate_samples, len(splits.val))))
+    # SynOp estimates are taken on what the SNN sees: images, or event frames (time-aware, temporal.py)
+    est_val = Subset(sim_splits.val, range(min(cfg.estimate_samples, len(sim_splits.val)))) if splits.is_event else val
+    temporal = _use_temporal_qat(cfg, splits.is_event)
+    exact = exact_for(cfg.single_spike, cfg.min_v_mem, cfg.init_v_fraction)
+    if splits.is_event:
+        if cfg.event_augment and cfg.train_epochs > 0:
+            notes.append(f"event data: the ANN trained on {cfg.event_augment}-augmented collapsed images")
+        if not exact and cfg.method == "qrelu":
+            notes.append("event data: the time-aware QReLU does not model these neuron options; calibration "
+                         "simulates the SNN on the validation frames instead")
     metrics: dict = {"ann_accuracy": ann_acc, "macs": account.macs, "input_shape": list(shape),
                      "notes": notes, "points": []}
     # baseline: plain ANN weights, threshold 1 (the red star of Fig. 2 of 003_*)
@@ -202,24 +262,42 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         metrics["notes"].extend(scaled.notes)
         final_net = scaled.module
     else:
-        rho, trials = (cfg.rho, []) if cfg.rho else choose_rho(ann, account, val, cfg.estimate_samples, cfg.rhos,
-                                                               evaluate(ann, val))
+        rho, trials = (cfg.rho, []) if cfg.rho else choose_rho(ann, account, est_val, cfg.estimate_samples, cfg.rhos,
+                                                               evaluate(ann, val), collate_fn=sim_splits.collate_fn)
         metrics["rho"], metrics["rho_trials"] = rho, trials
         qnet = qrelu_network(ann, rho)
+        qat_train, qat_val, framing = train_images, splits.val, None
+        if temporal:
+            framing = _random_framing(cfg, sim_splits)
+            qat_train, qat_val = _train_split(cfg, representation="frames", n_time_bins=framing.fine_bins)
+            metrics["temporal_qat"] = asdict(framing)
+            notes.append(f"event data: time-aware QAT on random framings of {framing.fine_bins} time bins into "
+                         f"1..{framing.max_frames} frames")
+
+        def simulated_val_synops(net: QReLUNetwork) -> float:
+            return _sim(net.net, "count", sim_splits, cfg, shape, "val", cfg.estimate_samples).synops
+
+        measure = simulated_val_synops if splits.is_event and not exact else None
         targets = [cfg.target_synops / 2 ** i for i in range(max(cfg.schedule_points, 1))]
         for i, target in enumerate(targets):
             label = f"target={target:.4g}"
-            hist = finetune(qnet, splits.train, splits.val, train_cfg, shape, target=target,
-                            checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}")
+            hist = finetune(qnet, qat_train, qat_val, train_cfg, shape, target=target,
+                            checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}", framing=framing)
             point = {"target": target, "history": hist}
             if cfg.calibrate:
-                qnet_cal, c, syn = calibrate(qnet, account, val, target, cfg.estimate_samples,
-                                             cfg.calibration_tolerance)
+                qnet_cal, c, syn = calibrate(qnet, account, est_val, target, cfg.estimate_samples,
+                                             cfg.calibration_tolerance, collate_fn=sim_splits.collate_fn,
+                                             measure=measure)
                 point.update({"calibration_scale": c, "calibrated_estimate": syn})
             else:
                 qnet_cal = qnet
             n_eval = min(cfg.eval_samples or len(splits.test), len(splits.test))
-            est_acc, est_syn, _ = estimate(qnet_cal, account, splits.test, n_eval)  # the samples simulated below
+            # the samples simulated below; on event frames the estimate is time-aware (= the SNN's count)
+            est_acc, est_syn, _ = estimate(qnet_cal, account, sim_splits.test, n_eval,
+                                           collate_fn=sim_splits.collate_fn)
+            if splits.is_event:
+                img_acc, img_syn, _ = estimate(qnet_cal, account, splits.test, n_eval)
+                point.update({"qrelu_image_accuracy": img_acc, "qrelu_image_synops": img_syn})
             res = _sim(qnet_cal.net, "count", sim_splits, cfg, shape)
             metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn, **point))
             save_checkpoint(out / "points" / f"point{i}.pt", {"state_dict": qnet_cal.state_dict(), "target": target})

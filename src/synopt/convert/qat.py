@@ -9,12 +9,13 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from synopt import energy
 from synopt.convert.qrelu import OutputQReLU, QReLU, swap_activations
 from synopt.convert.rho import scale_first_layer
-from synopt.finetune.train import TrainConfig, fit, loader
+from synopt.convert.temporal import EqualFramed, RandomFraming, temporal_current, temporal_scores
+from synopt.finetune.train import TrainConfig, fit
 
 
 class QReLUNetwork(nn.Sequential):
@@ -64,17 +65,34 @@ class SynOpLoss:
         return self.alpha * (self.target - synops) ** 2
 
 
+def qrelu_scores(qnet: QReLUNetwork, x: torch.Tensor, input_shape) -> torch.Tensor:
+    """Class scores of the QReLU network for static input ``[B, *input_shape]`` (Eq. 3 of 003_*, ``OutputQReLU``)
+    or, time-aware, for event frames ``[B, T, *input_shape]`` (``temporal.py``: the SNN's exact counts)."""
+    if x.dim() == len(input_shape) + 1:
+        return qnet(x)
+    if x.dim() == len(input_shape) + 2:
+        return temporal_scores(temporal_current(qnet.net, x.float()))
+    raise ValueError(f"input batch of shape {tuple(x.shape)} matches neither the network input {tuple(input_shape)} "
+                     "(static) nor [T, *input] (event frames)")
+
+
 def estimate(qnet: QReLUNetwork, account: energy.NetworkAccount, data: Dataset, samples: int = 2000,
-             batch_size: int = 256) -> tuple[float, float, dict[str, float]]:
-    """Accuracy and SynOps per inference (total and per layer) of the QReLU network: the ANN estimate."""
+             batch_size: int = 256, collate_fn=None) -> tuple[float, float, dict[str, float]]:
+    """Accuracy and SynOps per inference (total and per layer) of the QReLU network: the ANN estimate.
+
+    Static samples ``[C, H, W]`` give the QReLU estimate (Eq. 3 of 003_*). Event frames ``[T, C, H, W]`` give the
+    time-aware estimate (``temporal.py``), which equals the simulated SNN for the same frames (multi-spike IF,
+    threshold 1, no lower bound); ``collate_fn`` batches frames of different T (``DatasetSplits.collate_fn``).
+    """
     data = Subset(data, range(min(samples, len(data))))
     qnet.eval()
     correct = seen = 0
     per_layer: dict[str, float] = {}
     with torch.no_grad(), energy.ActivityRecorder(qnet.net, account, detach=True) as rec:
-        for x, y in loader(data, batch_size, shuffle=False):
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_fn):
+            x, y = batch[0], batch[1]
             rec.activity = {}
-            correct += int((qnet(x).argmax(1) == y).sum())
+            correct += int((qrelu_scores(qnet, x, account.input_shape).argmax(1) == y).sum())
             for k, v in rec.synops_per_layer(1).items():
                 per_layer[k] = per_layer.get(k, 0.0) + v
             seen += len(y)
@@ -95,20 +113,38 @@ def annealed_targets(start: float, target: float, epochs: int, anneal_fraction: 
 def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: TrainConfig, input_shape,
              target: float | None = None, alpha: float | None = None, anneal: bool = True,
              checkpoint_dir: str | Path | None = None, desc: str = "qat",
-             on_epoch_end: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Fine-tune ``qnet`` in place with cross-entropy + SynOp loss; returns the epoch history.
+             on_epoch_end: Callable[[int, dict], None] | None = None,
+             framing: RandomFraming | None = None) -> list[dict]:
+    """Fine-tune ``qnet`` in place with cross-entropy + SynOp loss (Eq. 2 of 003_*); returns the epoch history.
 
     With ``anneal`` the target moves geometrically from the network's current SynOps to ``target`` over the first
     half of the epochs (``annealed_targets``), which keeps the SynOp term from swamping the classification loss when
     the budget is far below the current activity.
+
+    ``framing`` turns on time-aware QAT for event data: ``train`` and ``val`` then hold every recording as
+    ``framing.fine_bins`` time bins ``[F, C, H, W]``; each training batch is cut into T random frames
+    (``RandomFraming``) and run as the SNN will run it (``temporal.py``), so the loss sees the IF counts of
+    input arriving over time and S counts the spikes the SNN emits. The logits are the output current summed over
+    the steps; validation uses ``framing.max_frames`` equal frames.
     """
     account = energy.analyze(qnet.net, input_shape)
     loss_fn = SynOpLoss(account, target, alpha)
     recorder = energy.ActivityRecorder(qnet.net, account)
+    gen = torch.Generator()
+    if framing is not None:
+        val = EqualFramed(val, framing.max_frames) if val is not None else None
     schedule = None
     if target is not None and anneal:
-        start = estimate(qnet, account, val if val is not None else train, 1000)[1]
+        ref = val if val is not None else train if framing is None else EqualFramed(train, framing.max_frames)
+        start = estimate(qnet, account, ref, 1000)[1]
         schedule = annealed_targets(start, target, cfg.epochs)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if framing is None:
+            return qnet(x)
+        if qnet.training:
+            return temporal_current(qnet.net, framing.sample(x.float(), gen)).sum(1)
+        return qrelu_scores(qnet, x, input_shape)
 
     class _Recorded(nn.Module):
         """Runs qnet with the recorder attached so the loss sees this step's activity."""
@@ -119,9 +155,9 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
 
         def forward(self, x):
             if not self.training:
-                return self.qnet(x)
+                return forward(x)
             with recorder:
-                return self.qnet(x)
+                return forward(x)
 
     def extra_logged(_model, x, _logits):
         s = recorder.synops(len(x))
@@ -131,6 +167,7 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
                       "target": float(loss_fn.target) if loss_fn.target is not None else 0.0}
 
     def epoch_start(epoch: int) -> None:
+        gen.manual_seed(cfg.seed * 1000 + epoch)  # framings reproducible per epoch, also after a resume
         if schedule is not None:
             loss_fn.target = schedule[epoch]
             loss_fn.alpha = 1.0 / schedule[epoch] ** 2

@@ -27,6 +27,8 @@ __all__ = [
     "collate_frames",
     "EventFolderDataset",
     "NMNIST_SENSOR_SIZE",
+    "EVENT_AUGMENTATIONS",
+    "event_augmentation",
 ]
 
 EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
@@ -321,6 +323,21 @@ def events_to_image(events: np.ndarray, sensor_size: Sequence[int], *, merge_pol
     return events_to_frames(events, sensor_size, event_count=max(len(events), 1), merge_polarities=merge_polarities)[0]
 
 
+EVENT_AUGMENTATIONS = ("prefix",)
+
+
+def event_augmentation(augment) -> Optional[str]:
+    """The augmentation name of an event dataset from ``load(augment=...)``: False/None/'' = none, True = 'prefix'."""
+    if augment is None or augment is False or augment == "":
+        return None
+    if augment is True:
+        return "prefix"
+    if augment not in EVENT_AUGMENTATIONS:
+        raise DatasetError(f"unknown augmentation {augment!r} for event datasets; use True or one of "
+                           f"{', '.join(EVENT_AUGMENTATIONS)}")
+    return augment
+
+
 def collate_frames(batch):
     """DataLoader collate for ``[T_i, C, H, W]`` samples of different T: zero frames are appended up to the
     longest T in the batch. Returns ``(frames [B, T, C, H, W], labels [B], lengths [B])``."""
@@ -356,7 +373,12 @@ class _EventCache:
 
 
 class EventFolderDataset(Dataset):
-    """Event recordings (one file per sample) as frames ``[T, C, H, W]`` or a collapsed image ``[C, H, W]``."""
+    """Event recordings (one file per sample) as frames ``[T, C, H, W]`` or a collapsed image ``[C, H, W]``.
+
+    ``augment='prefix'`` (image representation only): each read collapses only the events of the first k of
+    ``prefix_bins`` equal time bins of the recording, k uniform in 1..prefix_bins (torch's global RNG). A network
+    trained so sees the partial images an SNN integrates while the recording streams in, not only the final one.
+    """
 
     def __init__(
         self,
@@ -372,9 +394,17 @@ class EventFolderDataset(Dataset):
         merge_polarities: bool = False,
         first_saccade_only: bool = False,
         cache: Optional[_EventCache] = None,
+        augment: Optional[str] = None,
+        prefix_bins: int = 30,
     ):
         if representation not in ("frames", "image"):
             raise DatasetError(f"representation must be 'frames' or 'image', got {representation!r}")
+        self.augment = event_augmentation(augment)
+        if self.augment == "prefix" and representation != "image":
+            raise DatasetError("augment='prefix' makes time-collapsed images; use representation='image' with it")
+        if int(prefix_bins) < 1:
+            raise DatasetError(f"prefix_bins must be >= 1, got {prefix_bins}")
+        self.prefix_bins = int(prefix_bins)
         if n_time_bins is None and event_count is None and time_window is None:
             n_time_bins = 10
         self.files = [Path(f) for f in files]
@@ -405,9 +435,18 @@ class EventFolderDataset(Dataset):
         return events_to_frames(self.events(i), self.sensor_size, merge_polarities=self.merge_polarities, **self.framing)
 
     def image(self, i: int) -> torch.Tensor:
+        if self.augment == "prefix":
+            return self.prefix_image(i, int(torch.randint(1, self.prefix_bins + 1, ())))
         if self.framing["remainder"] == "keep":
             return events_to_image(self.events(i), self.sensor_size, merge_polarities=self.merge_polarities)
         return self.frames(i).sum(0)
+
+    def prefix_image(self, i: int, k: int) -> torch.Tensor:
+        """The collapsed image of the events in the first ``k`` of ``prefix_bins`` equal time bins of sample i."""
+        ev = self.events(i)
+        b, _, _ = _frame_index(ev, self.prefix_bins, None, None, "keep")
+        return events_to_image(ev[: int(np.searchsorted(b, k))], self.sensor_size,
+                               merge_polarities=self.merge_polarities)
 
     def __getitem__(self, i: int):
         x = self.frames(i) if self.representation == "frames" else self.image(i)
@@ -468,8 +507,7 @@ def load_nmnist(
     val_size: int | float | None = None,
     cache: bool = True,
 ) -> DatasetSplits:
-    if augment:
-        raise DatasetError("augmentation is not implemented for event datasets (nmnist); pass augment=False")
+    augment = event_augmentation(augment)  # train split only
     base = root / "NMNIST"
     if download and not ((base / "Train").is_dir() and (base / "Test").is_dir()):
         import tonic.datasets
@@ -489,12 +527,12 @@ def load_nmnist(
     )
     train_cache = _EventCache(cache)
 
-    def make(files, labels, idx, c):
+    def make(files, labels, idx, c, aug=None):
         return EventFolderDataset(
-            [files[i] for i in idx], [labels[i] for i in idx], NMNIST_SENSOR_SIZE, cache=c, **opts
+            [files[i] for i in idx], [labels[i] for i in idx], NMNIST_SENSOR_SIZE, cache=c, augment=aug, **opts
         )
 
-    train = make(train_files, train_labels, tr, train_cache)
+    train = make(train_files, train_labels, tr, train_cache, augment)
     channels = 1 if merge_polarities else 2
     variable_T = representation == "frames" and train.framing["n_time_bins"] is None
     return DatasetSplits(
@@ -509,5 +547,5 @@ def load_nmnist(
         classes=[str(i) for i in range(10)],
         collate_fn=collate_frames if variable_T else None,
         root=root,
-        info=dict(split_seed=split_seed, val_size=n_val, **train.framing, **{k: v for k, v in opts.items() if k not in train.framing}),
+        info=dict(split_seed=split_seed, val_size=n_val, augment=augment, **train.framing, **{k: v for k, v in opts.items() if k not in train.framing}),
     )

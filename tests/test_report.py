@@ -225,6 +225,7 @@ def test_report_is_self_contained_and_embeds_every_plot(sweep_report):
     assert f'data-images-total="{len(PLOT_NAMES)}"' in page
     # tables and verdict
     assert "Best point per method" in page and "Curve scores" in page and "Failed runs" in page
+    assert "Energy reference: the unpenalised direct SNN" in page and "run syn-l0-s0" in page
     assert "At ≥ 95.50% accuracy" in page
     # syn-l1-s1, syn-l4-s0, syn-l4-s1 and total-l4-s0 have no folder: said, not fatal
     assert "4 run folder(s) without a readable metrics.json" in page
@@ -316,6 +317,7 @@ def test_all_failed_sweep_still_reports(tmp_path):
     (sweep / "results.json").write_text(json.dumps({"study": {}, "reference": None, "rows": rows}))
     page = write_report(sweep, tmp_path / "r.html").read_text()
     assert "All 3 runs failed: no verdict" in page
+    assert "Energy reference: none" in page
     assert "<img" not in page and 'data-images-total="0"' in page
 
 

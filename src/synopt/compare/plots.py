@@ -32,6 +32,8 @@ NUMERIC = ("accuracy", "synops", "e_snn_j", "energy_rel", "e_ann_j", "macs", "sy
            "near_zero_weights", "wall_time_s")
 ROUTE_ORDER = {"direct": 0, "conversion": 1, "ann": 2}
 MARKERS = {"direct": "o", "conversion": "s", "ann": "*"}
+INTENSITY_NAMES = {"lambda_norm": "λ' (normalised penalty intensity)", "target_synops": "SynOp target",
+                   "rho": "ρ (first-layer scale)"}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -223,7 +225,8 @@ def plot_dead_rate(rows: list[dict], stem: str | Path) -> list[Path]:
         positive = [num(r["intensity"]) for r in with_x if num(r["intensity"]) > 0]
         if positive:
             left.set_xscale("symlog", linthresh=min(positive))
-    names = sorted({str(r.get("intensity_name") or "intensity") for r in with_x})
+    names = sorted({INTENSITY_NAMES.get(str(r.get("intensity_name")), str(r.get("intensity_name") or "intensity"))
+                    for r in with_x})
     left.set_xlabel(" / ".join(names) if names else "intensity")
     left.set_ylabel("dead neurons [%]")
     left.grid(alpha=0.3, which="both")

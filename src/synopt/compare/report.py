@@ -96,6 +96,8 @@ def load_source(src: str | Path) -> Source:
             raise ReportInputError(f"{src / 'results.json'}: row {bad[0]} is not an object")
         study = data.get("study") if isinstance(data.get("study"), dict) else {}
         reference = data.get("reference") if isinstance(data.get("reference"), dict) else None
+        if reference is not None and not finite(reference.get("e_snn_j")):
+            reference = None  # the sweep found no reference model
         source = Source(src, "sweep", study, reference, [dict(r) for r in data["rows"]])
     elif (src / "metrics.json").is_file() or (src / "config.json").is_file():
         missing = [n for n in ("metrics.json", "config.json") if not (src / n).is_file()]
@@ -462,9 +464,7 @@ def _blocks(source: Source, plot_list: list[Plot], notes: list[str]) -> list[tup
         ("h2", "Verdict"), ("list", verdict(rows), "verdict"),
         ("h2", "Configuration"),
     ]
-    if ref:
-        blocks.append(("p", f"Energy reference: run {ref.get('run')} ({ref.get('kind')}), "
-                            f"E_SNN = {num(ref.get('e_snn_j')):.4g} J per inference."))
+    blocks.append(("p", reference_text(ref)))
     blocks.append(("pre", json.dumps(source.study, indent=2, sort_keys=True, default=str)))
     blocks += [("h2", "Best point per method"), ("table", best_table(rows)),
                ("h2", "Curve scores"),
@@ -481,6 +481,22 @@ def _blocks(source: Source, plot_list: list[Plot], notes: list[str]) -> list[tup
     if notes:
         blocks += [("h3", "Plots left out"), ("list", notes, "notes")]
     return blocks
+
+
+REFERENCE_KINDS = {"direct-unpenalised": "the unpenalised direct SNN (λ' = 0, the baseline of 000_*)",
+                   "conversion-baseline": "the conversion baseline (plain ANN weights, threshold 1)"}
+
+
+def reference_text(ref: dict | None) -> str:
+    if not ref:
+        return "Energy reference: none (E/E_ref is left empty where the rows do not give it)."
+    kind = REFERENCE_KINDS.get(str(ref.get("kind")), str(ref.get("kind")))
+    per_seed = ref.get("per_seed") or {}
+    if len(per_seed) > 1:
+        each = "; ".join(f"seed {seed}: run {r.get('run')}, {num(r.get('e_snn_j')):.4g} J"
+                         for seed, r in per_seed.items())
+        return f"Energy reference: {kind}, one per seed, each model relative to its own seed's ({each})."
+    return f"Energy reference: {kind}, run {ref.get('run')}, E_SNN = {num(ref.get('e_snn_j')):.4g} J per inference."
 
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1150px;margin:1em auto;padding:0 1em;color:#222}

@@ -80,6 +80,7 @@ class Study:
     threads_per_worker: int = 1
     energy_model: str = "cmos45nm"
     source: str | None = None
+    description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items()}
@@ -152,7 +153,8 @@ def load_study(path: str | Path, data_root: str | None = None) -> Study:
                  budget=dict(_check_keys(f"{path}: budget", raw.get("budget", {}), BUDGET_KEYS)),
                  ann=dict(_check_keys(f"{path}: ann", raw.get("ann", {}), ANN_KEYS)), methods=methods,
                  workers=raw.get("workers"), threads_per_worker=int(raw.get("threads_per_worker", 1)),
-                 energy_model=raw.get("energy_model", "cmos45nm"), source=str(path))
+                 energy_model=raw.get("energy_model", "cmos45nm"), source=str(path),
+                 description=str(raw.get("description", "")))
 
 
 def _grid(method: dict, defaults: dict | None = None) -> list[dict]:

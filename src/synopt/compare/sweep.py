@@ -196,6 +196,17 @@ def _reference(study: Study, records: dict[str, dict]) -> dict[str, Any]:
     return {**first, "per_seed": {str(k): v for k, v in sorted(per_seed.items())}}
 
 
+def _rows(path: Path, spec: RunSpec, rec: dict, energy_model: str) -> list[dict]:
+    """The rows of an ended run, read again from its folder (so a newer synopt re-derives them alike)."""
+    try:
+        rows = rows_from_run(path / "runs" / spec.run_id, energy_model, base=path)
+    except (OSError, ValueError, KeyError):
+        return rec["rows"]
+    for row in rows:
+        row["wall_time_s"] = rec.get("wall_time_s")
+    return rows
+
+
 def write_results(path: Path, study: Study, plan: list[RunSpec], records: dict[str, dict]) -> list[dict]:
     """Rows of every ended run, energies relative to the per-seed reference; results.csv and results.json."""
     ref = _reference(study, records)
@@ -209,7 +220,7 @@ def write_results(path: Path, study: Study, plan: list[RunSpec], records: dict[s
                                    rec.get("wall_time_s")))
             continue
         seed_ref = ref["per_seed"].get(str(spec.seed), {}).get("e_snn_j")
-        for row in rec["rows"]:
+        for row in _rows(path, spec, rec, study.energy_model):
             row = dict(row)
             row["energy_rel"] = (row["e_snn_j"] / seed_ref if seed_ref and row["e_snn_j"] is not None
                                  else math.nan)

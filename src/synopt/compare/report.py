@@ -5,7 +5,8 @@ single run folder (``metrics.json`` + ``config.json``), the rows of :func:`synop
 draws the plots of :mod:`synopt.compare.plots`; and writes one HTML file with the configuration, the tables, the
 plots (base64 PNG, nothing fetched from the network) and a verdict computed from the data (docs/report.md).
 
-``python -m synopt.compare.report SRC [--html OUT.html] [--md OUT.md]`` does the same from a shell.
+``synopt report SRC [-o OUT.html] [--markdown OUT.md]`` (or ``python -m synopt.compare.report SRC [--html OUT.html]
+[--md OUT.md]``) does the same from a shell.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def load_source(src: str | Path) -> Source:
         source = Source(src, "run", study, None, rows)
     else:
         raise ReportInputError(f"{src} holds no results.json (a sweep folder) and no metrics.json + config.json "
-                               "(a run folder); run `synopt sweep` or a single `synopt convert/finetune` first")
+                               "(a run folder); run `synopt sweep`, `synopt convert` or `synopt finetune --direct` first")
     ref_j = num((source.reference or {}).get("e_snn_j"))
     for r in source.rows:
         if not finite(r.get("energy_rel")) and finite(r.get("e_snn_j")) and math.isfinite(ref_j) and ref_j > 0:
@@ -459,8 +460,8 @@ def _blocks(source: Source, plot_list: list[Plot], notes: list[str]) -> list[tup
     n_ok = len(ok_rows(rows))
     blocks: list[tuple] = [
         ("h1", title),
-        ("p", f"Source: {source.path} ({source.kind} folder; {len(rows)} models, {n_ok} measured, "
-              f"{len(rows) - n_ok} failed or without accuracy)."),
+        ("p", f"Source: {source.path} ({source.kind} folder; models: {len(rows)}, measured: {n_ok}, "
+              f"failed or without accuracy: {len(rows) - n_ok})."),
         ("h2", "Verdict"), ("list", verdict(rows), "verdict"),
         ("h2", "Configuration"),
     ]

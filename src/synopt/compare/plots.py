@@ -186,7 +186,7 @@ def plot_tradeoff(rows: list[dict], stem: str | Path, reference: str | None = No
     ax.set_ylabel("accuracy [%]")
     ax.set_title("energy–accuracy trade-off (upper left is better)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    _legend(ax, loc="lower right")
+    _legend(ax, loc="best")
     return save_figure(fig, stem)
 
 
@@ -208,7 +208,7 @@ def plot_accuracy_vs_synops(rows: list[dict], stem: str | Path) -> list[Path]:
     ax.set_ylabel("accuracy [%]")
     ax.set_title("accuracy vs operations", fontsize=9)
     ax.grid(alpha=0.3, which="both")
-    _legend(ax, loc="lower right")
+    _legend(ax, loc="best")
     return save_figure(fig, stem)
 
 
@@ -222,9 +222,13 @@ def plot_dead_rate(rows: list[dict], stem: str | Path) -> list[Path]:
     with_x = [r for r in rows if finite(r.get("intensity"))]
     if with_x:
         _curves(left, with_x, "intensity", "dead_rate", seeds=True, legend=False)
-        positive = [num(r["intensity"]) for r in with_x if num(r["intensity"]) > 0]
+        values = sorted({num(r["intensity"]) for r in with_x})
+        positive = [v for v in values if v > 0]
         if positive:
             left.set_xscale("symlog", linthresh=min(positive))
+        if len(values) <= 12:
+            left.set_xticks(values, [f"{v:g}" for v in values])
+            left.minorticks_off()
     names = sorted({INTENSITY_NAMES.get(str(r.get("intensity_name")), str(r.get("intensity_name") or "intensity"))
                     for r in with_x})
     left.set_xlabel(" / ".join(names) if names else "intensity")
@@ -234,7 +238,7 @@ def plot_dead_rate(rows: list[dict], stem: str | Path) -> list[Path]:
     right.set_xlabel("dead neurons [%]")
     right.set_ylabel("accuracy [%]")
     right.grid(alpha=0.3)
-    _legend(right, loc="lower left")
+    _legend(right, loc="best")
     fig.suptitle("dead neurons", fontsize=9)
     return save_figure(fig, stem)
 
@@ -302,7 +306,7 @@ def plot_accuracy_per_step(curves: list[tuple[str, list[float]]], stem: str | Pa
     ax.set_ylabel("accuracy after t steps [%]")
     ax.set_title("accuracy vs inference time of converted nets", fontsize=9)
     ax.grid(alpha=0.3)
-    _legend(ax, loc="lower right")
+    _legend(ax, loc="best")
     return save_figure(fig, stem)
 
 

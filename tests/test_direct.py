@@ -427,3 +427,15 @@ def test_cli_finetune_bad_options_one_line(extra, message, tmp_path, capsys):
     assert main(["finetune", *extra, "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("synopt: error:") and message in err and "\n" not in err
+
+
+def test_direct_on_event_data_takes_collapsed_counts(data_root, tmp_path):
+    """N-MNIST: one input frame of event counts (T = 1); the T = 1 sinabs export agrees with the trained form."""
+    from synopt.finetune.direct import train_direct
+
+    res = train_direct("mnistdvs", "nmnist", out=tmp_path / "dvs", data_root=str(data_root), epochs=1,
+                       train_samples=64, eval_samples=20, penalty="syn", lambda_norm=4.0, progress=False, threads=1)
+    m = res["metrics"]
+    assert "time-collapsed event counts" in m["input_note"]
+    assert m["accounting"]["input_shape"] == [2, 34, 34]
+    assert m["sinabs_t1"]["accuracy_equal"] and abs(m["sinabs_t1"]["synops_relative_difference"]) < 1e-9

@@ -283,8 +283,11 @@ def train_direct(model: str = "digitsnet", dataset: str = "digits", *, out: str 
     if from_ann and not Path(from_ann).is_file():
         raise FileNotFoundError(f"ANN checkpoint {from_ann} does not exist")
     splits = data.load(dataset, data_root, split_seed=seed)
-    if splits.is_event:
-        raise ValueError(f"{dataset} is an event dataset; single-step training needs static images")
+    input_note = None
+    if splits.is_event:  # T = 1: the whole recording arrives as one frame of event counts (docs/direct.md)
+        input_note = (f"{dataset} is an event dataset: the single-step network takes each recording's time-collapsed "
+                      "event counts as its one input frame; SynOps exclude those caused by input events, as in the "
+                      "conversion route")
     shape = tuple(splits.input_shape)
     train_set = seeded_subset(splits.train, train_samples, seed)
     run = RunDir(out, {"command": "finetune --direct", **asdict(cfg), "resolved": res})
@@ -347,7 +350,7 @@ def train_direct(model: str = "digitsnet", dataset: str = "digits", *, out: str 
         metrics["sinabs_t1"] = {"accuracy": sim.accuracy, "synops": sim.synops,
                                 "accuracy_equal": sim.accuracy == m_fold.accuracy,
                                 "synops_relative_difference": (sim.synops - m_fold.synops) / max(m_fold.synops, 1)}
-    metrics.update({"history": history.epochs, "penalty": {
+    metrics.update({"input_note": input_note, "history": history.epochs, "penalty": {
         "kind": penalty, "p": p, "lambda_norm": lambda_norm, "schedule": schedule,
         "omega_one": pen.omega_one if pen else None, "lambda_raw": pen.lambda_raw if pen else None},
         "weight_decay": {"lambda_wd": res["weight_decay"], "bn_decay": bn_decay,

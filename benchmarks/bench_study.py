@@ -29,7 +29,7 @@ def _fmt(x: float, pct: bool = True) -> str:
 
 def orderings(table: list[dict], P: int = 50) -> list[str]:
     """The paper's orderings (Table 4/21 of 000_*) checked on AUC(P) means; one line each, with the numbers."""
-    auc = {r["label"]: r.get(f"AUC({P})_mean", math.nan) for r in table}
+    auc = {r["label"]: r.get(f"AUC({P})", math.nan) for r in table}
     lines = []
 
     def check(a: str, b: str, what: str) -> None:
@@ -46,6 +46,41 @@ def orderings(table: list[dict], P: int = 50) -> list[str]:
     if direct and conv:
         bd, bc = max(direct, key=direct.get), max(conv, key=conv.get)
         check(bd, bc, f"AUC({P}) best direct > best conversion")
+    return lines
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def direct_checks(rows: list[dict]) -> list[str]:
+    """Issue 4's claims on the study's own numbers (seed means): S2NN vs ReLU at the same budget; Ω_syn(p=1)
+    lowering E_SNN monotonically in λ'; the lowest energy within 1 point of the unpenalised net."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    ann = _mean(r["accuracy"] for r in ok if r["route"] == "ann")
+    base = _mean(r["accuracy"] for r in ok if r["method"] == "none")
+    lines = []
+    if not math.isnan(ann) and not math.isnan(base):
+        lines.append(f"- unpenalised S2NN {100 * base:.2f}% vs ReLU ANN {100 * ann:.2f}% with the same budget: "
+                     f"gap {100 * (ann - base):.2f} pt ({'within' if ann - base <= 0.015 else 'NOT within'} 1.5 pt)")
+    syn = [r for r in ok if r["label"] == "Ω_syn p=1"]
+    lams = sorted({r["intensity"] for r in syn})
+    pts = [(lam, _mean(r["energy_rel"] for r in syn if r["intensity"] == lam),
+            _mean(r["accuracy"] for r in syn if r["intensity"] == lam)) for lam in lams]
+    if pts:
+        energies = [e for _, e, _ in pts]
+        mono = all(a > b for a, b in zip(energies, energies[1:]))
+        lines.append("- Ω_syn(p=1) E_SNN/E_baseline over λ' " + ", ".join(
+            f"{lam:g}: {100 * e:.1f}% at {100 * a:.2f}%" for lam, e, a in pts)
+            + f" -> {'monotone' if mono else 'NOT monotone'}")
+        within = [(e, lam) for lam, e, a in pts if not math.isnan(base) and a >= base - 0.01]
+        if within:
+            e, lam = min(within)
+            lines.append(f"- lowest energy within 1 pt of the unpenalised net: λ'={lam:g}, {100 * e:.1f}% of "
+                         f"E_baseline ({'at most' if e <= 0.5 else 'MORE than'} half)")
+        else:
+            lines.append("- no Ω_syn(p=1) point stays within 1 pt of the unpenalised net")
     return lines
 
 
@@ -110,6 +145,7 @@ def main() -> None:
         "The papers' orderings (Table 4/21 of 000_*):",
         "",
         *orderings(table, 50),
+        *(["", "Direct route vs ReLU (issue 4):", "", *direct_checks(res.rows)] if direct_checks(res.rows) else []),
         "",
         report_note,
     ]

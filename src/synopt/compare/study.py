@@ -9,7 +9,8 @@ A study is a YAML or TOML file (see docs/sweeps.md and studies/)::
     [budget]                      # shared by every run of every route
     train_samples = 12000
     epochs = 4
-    [ann]                         # the ReLU ANN, trained once per seed: conversion source and accuracy reference
+    [ann]                         # the ReLU ANN, trained once per seed (when this table is given or a conversion
+                                  # method needs it): conversion source and accuracy reference
     lr = 1e-3
     [[methods]]                   # list-valued keys are grid axes
     route = "direct"
@@ -43,7 +44,7 @@ DIRECT_KEYS = {"route", "penalty", "p", "lambda_norm", "surrogate", "alpha", "ta
                "bn_decay", "optimizer", "label_smoothing", "from_ann", "init_rate", "schedule"}
 CONVERSION_KEYS = {"route", "method", "target_synops", "schedule_points", "timesteps", "epochs", "lr",
                    "weight_decay", "rho", "percentile", "calibrate", "single_spike", "init_v_fraction",
-                   "estimate_samples"}
+                   "estimate_samples", "event_count", "n_time_bins"}
 ROUTES = {"direct": DIRECT_KEYS, "conversion": CONVERSION_KEYS}
 
 
@@ -181,7 +182,7 @@ def expand(study: Study) -> list[RunSpec]:
     b = study.budget
     common = {"model": study.model, "dataset": study.dataset, "data_root": study.data_root}
     runs: dict[str, RunSpec] = {}
-    need_ann = any(m["route"] == "conversion" for m in study.methods)
+    need_ann = bool(study.ann) or any(m["route"] == "conversion" for m in study.methods)
     for seed in study.seeds:
         ann_id = f"ann-s{seed}"
         if need_ann:

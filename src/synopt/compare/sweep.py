@@ -63,8 +63,9 @@ def _execute(spec: RunSpec, out: Path, runs: Path) -> None:
 
         for key in ("model", "data_root"):
             p.pop(key)
+        frames = {k: p.pop(k) for k in ("event_count", "n_time_bins") if k in p}
         cfg = ConvertConfig(source=_ann_source(runs / spec.needs), out=str(out), data_root=spec.params["data_root"],
-                            progress=False, **p)
+                            frames=frames, progress=False, **p)
         run_conversion(cfg)
 
 

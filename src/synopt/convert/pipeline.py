@@ -251,7 +251,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             net = scale_first_layer(ann, rho)
             res = _sim(net, "count", sim_splits, cfg, shape)
             metrics["points"].append(_point(f"rho={rho:g}", res, rho=rho))
-        final_net = ann
+        final_net, metrics["rho"] = net, rho  # snn/ holds the network of the last (or only) rho simulated
     elif cfg.method == "scale":
         from synopt.convert.scaling import robust_scale
 

@@ -238,3 +238,18 @@ def test_ray_local_instance_gives_the_same_results(tmp_path, inline_sweep):
     for a, b in zip(sorted(res.rows, key=key), sorted(inline_sweep.rows, key=key)):
         assert (a["run"], a["accuracy"], a["synops"], a["energy_rel"]) == \
             (b["run"], b["accuracy"], b["synops"], b["energy_rel"])
+
+
+def test_report_from_a_real_digits_sweep(inline_sweep, tmp_path, capsys):
+    """`synopt report` on the sweep above: the verdict names the measured winner, with the measured numbers."""
+    html, md = tmp_path / "r.html", tmp_path / "r.md"
+    assert main(["report", str(inline_sweep.path), "-o", str(html), "--markdown", str(md)]) == 0
+    text = html.read_text()
+    ok = [r for r in inline_sweep.rows if r["status"] == "ok" and r["route"] != "ann"]
+    best = max(ok, key=lambda r: r["accuracy"])
+    cheapest = min((r for r in ok if r["accuracy"] >= best["accuracy"]), key=lambda r: r["synops"])
+    assert cheapest["label"] in text and f"{cheapest['synops']:,.0f} SynOps" in text
+    assert text.count("<img") >= 3 and "http://" not in text and "https://" not in text
+    assert "Verdict" in md.read_text() and (tmp_path / "r_plots" / "tradeoff.png").is_file()
+    assert main(["report", str(inline_sweep.path), "-o", str(tmp_path / "r.pdf")]) == 2
+    assert "ending in .html" in capsys.readouterr().err

@@ -112,20 +112,23 @@ def test_time_aware_qrelu_equals_the_simulated_snn(steps):
 
 def test_random_and_equal_framing_keep_every_event():
     x = _frames(5, 30)
-    framing = RandomFraming(fine_bins=30, max_frames=10)
+    framing = RandomFraming(fine_bins=30, frames=tuple(range(1, 11)))
     g = torch.Generator().manual_seed(0)
     lengths = set()
     for _ in range(20):
         f = framing.sample(x, g)
-        lengths.add(f.shape[1])
-        assert torch.equal(f.sum(1), x.sum(1))
+        assert torch.equal(f.sum(1), x.sum(1))  # every event lands in one frame
+        used = (f.flatten(2).sum(2) > 0).sum(1)  # frames in use per sample; the rest is padding at the end
+        assert all(f[i, used[i]:].sum() == 0 for i in range(len(f)))
+        lengths.update(used.tolist())
     assert lengths <= set(range(1, 11)) and len(lengths) > 3
+    assert RandomFraming(30, (4,)).sample(x, g).shape[1] == 4
     e = equal_framing(x, 10)
     assert torch.equal(e[:, 3], x[:, 9:12].sum(1))
     with pytest.raises(ValueError, match="n_time_bins=30"):
         framing.sample(x[:, :10], g)
-    with pytest.raises(ValueError, match="max_frames"):
-        RandomFraming(fine_bins=30, max_frames=31)
+    with pytest.raises(ValueError, match="1..fine_bins"):
+        RandomFraming(fine_bins=30, frames=(31,))
 
 
 def test_time_aware_qat_trains_and_moves_synops_to_the_target():
@@ -138,7 +141,7 @@ def test_time_aware_qat_trains_and_moves_synops_to_the_target():
     start = estimate(qnet, account, ten)[1]
     cfg = TrainConfig(epochs=3, batch_size=16, lr=1e-2, progress=False)
     hist = finetune(qnet, _Frames(x30, y), _Frames(x30, y), cfg, SHAPE, target=start / 3,
-                    framing=RandomFraming(30, 10))
+                    framing=RandomFraming(30, (1, 5, 10)))
     assert len(hist) == 3 and all(np.isfinite(h["synop_loss"]) for h in hist) and "val_acc" in hist[-1]
     assert estimate(qnet, account, ten)[1] < 0.8 * start
 

@@ -67,7 +67,9 @@ class ConvertConfig:
     event_augment: str | None = "prefix"  # event datasets: augmentation of the training images (None: none)
     temporal_qat: bool | None = None  # event datasets: time-aware QAT (None: on when exact for the neuron options)
     fine_bins: int = 30  # time-aware QAT: every recording as this many time bins, cut into random frames
-    max_frames: int | None = None  # time-aware QAT: 1..max_frames frames (None: as many as the simulated framing)
+    extra_timesteps: list[int] = field(default_factory=list)  # static data: also simulate every point at these T
+    qat_frames: list[int] | None = None  # time-aware QAT: frame counts drawn per recording (None: the simulated
+    #                                       framing's counts over the training split, e.g. [10] for 10 time bins)
     seed: int = 0
     progress: bool = True
 
@@ -124,10 +126,11 @@ def _use_temporal_qat(cfg: ConvertConfig, is_event: bool) -> bool:
 
 
 def _random_framing(cfg: ConvertConfig, sim_splits) -> RandomFraming:
-    """``cfg.max_frames``, else as many frames as the simulated framing gives (most over the training split)."""
-    most = cfg.max_frames or sim_splits.info.get("n_time_bins") or max(
-        sim_splits.train[i][0].shape[0] for i in range(len(sim_splits.train)))
-    return RandomFraming(cfg.fine_bins, min(int(most), cfg.fine_bins))
+    """Time-aware QAT framings: ``cfg.qat_frames``, else the frame counts the simulated framing gives the training
+    recordings (so the SynOp loss counts the spikes of the framing the SNN will see), capped at ``cfg.fine_bins``."""
+    counts = cfg.qat_frames or ([sim_splits.info["n_time_bins"]] if sim_splits.info.get("n_time_bins") else
+                                [sim_splits.train[i][0].shape[0] for i in range(len(sim_splits.train))])
+    return RandomFraming(cfg.fine_bins, tuple(min(int(t), cfg.fine_bins) for t in counts))
 
 
 def _sim(net, encoding: str, sim_splits, cfg: ConvertConfig, shape, split: str = "test",
@@ -137,6 +140,17 @@ def _sim(net, encoding: str, sim_splits, cfg: ConvertConfig, shape, split: str =
     return simulate(snn, getattr(sim_splits, split), cfg.timesteps, shape,
                     samples=cfg.eval_samples if samples is None else samples, progress=cfg.progress,
                     seed=cfg.seed, collate_fn=sim_splits.collate_fn)
+
+
+def _at_timesteps(net, encoding: str, sim_splits, cfg: ConvertConfig, shape) -> dict:
+    """The same network simulated at each of ``cfg.extra_timesteps`` (T does not enter QAT or calibration on static
+    images, so one fine-tuned model serves every T)."""
+    out = {}
+    for t in cfg.extra_timesteps:
+        r = _sim(net, encoding, sim_splits, dataclasses.replace(cfg, timesteps=int(t)), shape)
+        out[str(t)] = {"sim_accuracy": r.accuracy, "sim_synops": r.synops, "accuracy_per_step": r.accuracy_per_step,
+                       "silent_output_fraction": r.silent_output_fraction}
+    return out
 
 
 def _point(label: str, sim: SimResult, **extra) -> dict:
@@ -199,8 +213,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         raise ValueError("--target-synops is required for --method qrelu (e.g. --target-synops 1e6)")
     if cfg.target_synops is not None and not cfg.target_synops > 0:
         raise ValueError(f"--target-synops must be positive, got {cfg.target_synops:g}")
-    if cfg.timesteps < 1:
-        raise ValueError(f"--timesteps must be >= 1, got {cfg.timesteps}")
+    if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
+        raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     source = keep_copy(cfg.source, out / "source")
@@ -208,6 +222,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
     model, model_shape, notes = load_model(source)
     splits, sim_splits, train_images = _splits(cfg)
+    if splits.is_event and cfg.extra_timesteps:
+        raise ValueError("extra time steps serve static images only: on event data the framing depends on T "
+                         "(run one conversion per T)")
     expected = tuple(model_shape)
     if (cfg.input_convention or {}).get("grayscale_to_rgb") and expected[0] == 3:
         expected = (1, *expected[1:])
@@ -242,7 +259,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                      "notes": notes, "points": []}
     # baseline: plain ANN weights, threshold 1 (the red star of Fig. 2 of 003_*)
     baseline = _sim(ann, "count", sim_splits, cfg, shape)
-    metrics["baseline"] = _point("baseline", baseline)
+    metrics["baseline"] = _point("baseline", baseline, at_timesteps=_at_timesteps(ann, "count", sim_splits, cfg,
+                                                                                 shape))
     train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             seed=cfg.seed, progress=cfg.progress)
     final_net, encoding = None, "count"
@@ -250,7 +268,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         for rho in [cfg.rho] if cfg.rho else cfg.rhos:
             net = scale_first_layer(ann, rho)
             res = _sim(net, "count", sim_splits, cfg, shape)
-            metrics["points"].append(_point(f"rho={rho:g}", res, rho=rho))
+            metrics["points"].append(_point(f"rho={rho:g}", res, rho=rho,
+                                            at_timesteps=_at_timesteps(net, "count", sim_splits, cfg, shape)))
         final_net, metrics["rho"] = net, rho  # snn/ holds the network of the last (or only) rho simulated
     elif cfg.method == "scale":
         from synopt.convert.scaling import robust_scale
@@ -258,7 +277,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         scaled = robust_scale(ann, splits.train, shape, percentile=cfg.percentile)
         encoding = scaled.encoding
         res = _sim(scaled.module, encoding, sim_splits, cfg, shape)
-        metrics["points"].append(_point(f"robust p{cfg.percentile:g}", res, lambdas=scaled.lambdas))
+        metrics["points"].append(_point(f"robust p{cfg.percentile:g}", res, lambdas=scaled.lambdas,
+                                        at_timesteps=_at_timesteps(scaled.module, encoding, sim_splits, cfg, shape)))
         metrics["notes"].extend(scaled.notes)
         final_net = scaled.module
     else:
@@ -270,9 +290,10 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         if temporal:
             framing = _random_framing(cfg, sim_splits)
             qat_train, qat_val = _train_split(cfg, representation="frames", n_time_bins=framing.fine_bins)
-            metrics["temporal_qat"] = asdict(framing)
+            shares = {t: framing.frames.count(t) / len(framing.frames) for t in sorted(set(framing.frames))}
+            metrics["temporal_qat"] = {"fine_bins": framing.fine_bins, "frames": shares}
             notes.append(f"event data: time-aware QAT on random framings of {framing.fine_bins} time bins into "
-                         f"1..{framing.max_frames} frames")
+                         + ", ".join(f"{t} ({100 * w:.0f}%)" for t, w in shares.items()) + " frames")
 
         def simulated_val_synops(net: QReLUNetwork) -> float:
             return _sim(net.net, "count", sim_splits, cfg, shape, "val", cfg.estimate_samples).synops
@@ -299,7 +320,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                 img_acc, img_syn, _ = estimate(qnet_cal, account, splits.test, n_eval)
                 point.update({"qrelu_image_accuracy": img_acc, "qrelu_image_synops": img_syn})
             res = _sim(qnet_cal.net, "count", sim_splits, cfg, shape)
-            metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn, **point))
+            metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn,
+                                            at_timesteps=_at_timesteps(qnet_cal.net, "count", sim_splits, cfg, shape),
+                                            **point))
             save_checkpoint(out / "points" / f"point{i}.pt", {"state_dict": qnet_cal.state_dict(), "target": target})
             qnet = qnet_cal  # the next (halved) target starts from this model
         final_net = qnet.net

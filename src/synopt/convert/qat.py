@@ -125,17 +125,17 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
     ``framing.fine_bins`` time bins ``[F, C, H, W]``; each training batch is cut into T random frames
     (``RandomFraming``) and run as the SNN will run it (``temporal.py``), so the loss sees the IF counts of
     input arriving over time and S counts the spikes the SNN emits. The logits are the output current summed over
-    the steps; validation uses ``framing.max_frames`` equal frames.
+    the steps; validation uses equal frames, as many as the most of ``framing.frames``.
     """
     account = energy.analyze(qnet.net, input_shape)
     loss_fn = SynOpLoss(account, target, alpha)
     recorder = energy.ActivityRecorder(qnet.net, account)
     gen = torch.Generator()
     if framing is not None:
-        val = EqualFramed(val, framing.max_frames) if val is not None else None
+        val = EqualFramed(val, max(framing.frames)) if val is not None else None
     schedule = None
     if target is not None and anneal:
-        ref = val if val is not None else train if framing is None else EqualFramed(train, framing.max_frames)
+        ref = val if val is not None else train if framing is None else EqualFramed(train, max(framing.frames))
         start = estimate(qnet, account, ref, 1000)[1]
         schedule = annealed_targets(start, target, cfg.epochs)
 

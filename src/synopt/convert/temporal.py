@@ -96,24 +96,30 @@ def _segments(x_fine: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class RandomFraming:
-    """Random framings of a recording for time-aware QAT: the recording comes as ``fine_bins`` equal time bins and
-    is cut at T - 1 distinct random bin edges (per sample), T uniform in ``1..max_frames`` (per batch)."""
+    """Random framings of a recording for time-aware QAT. The recording comes as ``fine_bins`` equal time bins; each
+    sample draws its number of frames T from ``frames`` (uniformly over the entries, so repeats weight a count) and
+    is cut at T - 1 distinct random bin edges. Shorter samples are padded with empty frames at the end, as
+    ``collate_frames`` pads a simulated batch."""
 
     fine_bins: int = 30
-    max_frames: int = 10
+    frames: tuple[int, ...] = tuple(range(1, 11))
 
     def __post_init__(self):
-        if not 1 <= self.max_frames <= self.fine_bins:
-            raise ValueError(f"max_frames must be in 1..fine_bins ({self.fine_bins}), got {self.max_frames}")
+        self.frames = tuple(int(t) for t in self.frames)
+        if not self.frames or not all(1 <= t <= self.fine_bins for t in self.frames):
+            raise ValueError(f"frame counts must lie in 1..fine_bins ({self.fine_bins}), got {self.frames}")
 
     def sample(self, x_fine: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[B, fine_bins, ...]`` -> ``[B, T, ...]`` for one random T and random cut points per sample."""
+        """``[B, fine_bins, ...]`` -> ``[B, max T, ...]``: random T and random cut points per sample."""
         b, f = x_fine.shape[:2]
         if f != self.fine_bins:
             raise ValueError(f"expected {self.fine_bins} fine time bins per sample, got {f}; load the training "
                              f"split with representation='frames', n_time_bins={self.fine_bins}")
-        t = int(torch.randint(1, self.max_frames + 1, (1,), generator=generator))
-        cuts = torch.rand(b, f - 1, generator=generator).argsort(1)[:, : t - 1].sort(1).values + 1
+        pool = torch.tensor(self.frames)
+        t = pool[torch.randint(len(pool), (b,), generator=generator)]
+        t_max = int(t.max())
+        cuts = torch.rand(b, f - 1, generator=generator).argsort(1)[:, : t_max - 1] + 1
+        cuts = torch.where(torch.arange(t_max - 1) < (t - 1)[:, None], cuts, f).sort(1).values  # unused cuts at F
         edges = torch.cat([torch.zeros(b, 1, dtype=torch.long), cuts, torch.full((b, 1), f)], 1)
         return _segments(x_fine, edges)
 

@@ -76,14 +76,32 @@ timesteps = [1, 5, 10]
 """))
     plan = expand(study)
     kinds = [s.kind for s in plan]
-    # per seed: 1 ANN + (3 penalties x 2 p x 2 lambda' > 0 = 12) + 1 unpenalised + 2 targets x 3 T = 6 conversions
-    assert kinds.count("ann") == 2 and kinds.count("direct") == 2 * 13 and kinds.count("conversion") == 2 * 6
+    # per seed: 1 ANN + (3 penalties x 2 p x 2 lambda' > 0 = 12) + 1 unpenalised + 2 targets (each one QAT run
+    # simulated at T = 1, 5, 10)
+    assert kinds.count("ann") == 2 and kinds.count("direct") == 2 * 13 and kinds.count("conversion") == 2 * 2
+    conv0 = [s for s in plan if s.kind == "conversion"][0]
+    assert conv0.params["timesteps"] == 10 and conv0.params["extra_timesteps"] == [1, 5]
+    assert conv0.run_id == "conv-qrelu-t100000x1-T1-5-10-s0"
     assert kinds[:2] == ["ann", "ann"]  # ANN runs first: conversions start from them
     assert len({s.run_id for s in plan}) == len(plan)
     conv = [s for s in plan if s.kind == "conversion"]
     assert all(s.needs == f"ann-s{s.seed}" for s in conv)
     none = [s for s in plan if s.kind == "direct" and s.params["penalty"] == "none"]
     assert len(none) == 2 and all(s.params["lambda_norm"] == 0 for s in none)
+
+
+def test_separate_timesteps_gives_one_run_per_T(tmp_path):
+    study = load_study(_study(tmp_path, """
+model = "mnistdvs"
+dataset = "nmnist"
+[[methods]]
+route = "conversion"
+target_synops = 1e5
+timesteps = [5, 10]
+separate_timesteps = true
+"""))
+    conv = [s for s in expand(study) if s.kind == "conversion"]
+    assert [(s.params["timesteps"], "extra_timesteps" in s.params) for s in conv] == [(10, False), (5, False)]
 
 
 def test_default_lambda_grid_is_the_papers(tmp_path):
@@ -253,3 +271,18 @@ def test_report_from_a_real_digits_sweep(inline_sweep, tmp_path, capsys):
     assert "Verdict" in md.read_text() and (tmp_path / "r_plots" / "tradeoff.png").is_file()
     assert main(["report", str(inline_sweep.path), "-o", str(tmp_path / "r.pdf")]) == 2
     assert "ending in .html" in capsys.readouterr().err
+
+
+def test_one_qat_simulated_at_several_T_matches_the_single_T_run(inline_sweep, tmp_path):
+    study = _study(tmp_path, TINY.replace("timesteps = 2", "timesteps = [1, 2]"))
+    res = sweep(study, out=tmp_path / "out", workers=1, progress=False, only=lambda s: s.kind == "conversion")
+    assert sorted(res.ran) == ["ann-s0", "conv-qrelu-t30000x1-T1-2-s0"]
+    conv = {(r["label"], r["point"]): r for r in res.rows if r["route"] == "conversion"}
+    assert set(conv) == {("QReLU T=1", 0), ("QReLU T=2", 0), ("conversion baseline T=1", -1),
+                         ("conversion baseline T=2", -1)}
+    single = {(r["label"], r["point"]): r for r in inline_sweep.rows if r["route"] == "conversion"}
+    for key, row in single.items():  # T = 2 of the shared run is the T = 2 run, number for number
+        assert (conv[key]["accuracy"], conv[key]["synops"]) == (row["accuracy"], row["synops"])
+    # count coding at T = 1 with multi-spike IF neurons is the QReLU network itself: SynOps = its estimate
+    m = json.loads((res.path / "runs" / "conv-qrelu-t30000x1-T1-2-s0" / "metrics.json").read_text())
+    assert conv[("QReLU T=1", 0)]["synops"] == pytest.approx(m["points"][0]["qrelu_synops"], rel=1e-6)

@@ -75,22 +75,25 @@ def _direct_rows(run: Path, cfg: dict, m: dict, em: energy.EnergyModel) -> list[
                  dead_rate=m.get("dead_rate"), R=m.get("R"), near_zero_weights=_weights(run / "model.pt"))]
 
 
+def _at(pt: dict, T: int) -> list[tuple[int, dict]]:
+    """(T, measurements) of a conversion point: the run's own T first, then its ``at_timesteps`` re-simulations."""
+    return [(T, pt)] + [(int(t), m) for t, m in sorted(pt.get("at_timesteps", {}).items(), key=lambda x: int(x[0]))]
+
+
 def _conversion_rows(run: Path, cfg: dict, m: dict, em: energy.EnergyModel) -> list[dict]:
-    T, method = cfg["timesteps"], cfg["method"]
-    common = dict(route="conversion", timesteps=T, seed=cfg["seed"], e_ann_j=em.ann_joules(m["macs"]),
-                  macs=m["macs"])
-    b = m["baseline"]
-    rows = [_row(method="baseline", label=f"{CONVERSION_NAMES['baseline']} T={T}", point=-1,
+    method = cfg["method"]
+    common = dict(route="conversion", seed=cfg["seed"], e_ann_j=em.ann_joules(m["macs"]), macs=m["macs"])
+    rows = [_row(method="baseline", label=f"{CONVERSION_NAMES['baseline']} T={t}", point=-1, timesteps=t,
                  accuracy=b["sim_accuracy"], synops=b["sim_synops"], e_snn_j=em.snn_joules(b["sim_synops"]),
-                 **common)]
+                 **common) for t, b in _at(m["baseline"], cfg["timesteps"])]
     for i, pt in enumerate(m["points"]):
         intensity, name = {"qrelu": (pt.get("target"), "target_synops"), "rho": (pt.get("rho"), "rho"),
                            "scale": (cfg.get("percentile"), "percentile")}[method]
-        rows.append(_row(method=method, label=f"{CONVERSION_NAMES[method]} T={T}", point=i, intensity=intensity,
-                         intensity_name=name, accuracy=pt["sim_accuracy"], synops=pt["sim_synops"],
-                         e_snn_j=em.snn_joules(pt["sim_synops"]),
-                         near_zero_weights=_weights(run / "points" / f"point{i}.pt") if method == "qrelu" else None,
-                         **common))
+        zero = _weights(run / "points" / f"point{i}.pt") if method == "qrelu" else None
+        rows += [_row(method=method, label=f"{CONVERSION_NAMES[method]} T={t}", point=i, timesteps=t,
+                      intensity=intensity, intensity_name=name, accuracy=s["sim_accuracy"], synops=s["sim_synops"],
+                      e_snn_j=em.snn_joules(s["sim_synops"]), near_zero_weights=zero, **common)
+                 for t, s in _at(pt, cfg["timesteps"])]
     return rows
 
 

@@ -22,7 +22,7 @@ A study is a YAML or TOML file (see docs/sweeps.md and studies/)::
     method = "qrelu"
     target_synops = 2e5
     schedule_points = 4           # halve the target 3 times, each point initialised from the previous one
-    timesteps = [1, 10]
+    timesteps = [1, 10]           # one fine-tuning, simulated at each T (separate_timesteps = true: one run per T)
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ DIRECT_KEYS = {"route", "penalty", "p", "lambda_norm", "surrogate", "alpha", "ta
                "bn_decay", "optimizer", "label_smoothing", "from_ann", "init_rate", "schedule"}
 CONVERSION_KEYS = {"route", "method", "target_synops", "schedule_points", "timesteps", "epochs", "lr",
                    "weight_decay", "rho", "percentile", "calibrate", "single_spike", "init_v_fraction",
-                   "estimate_samples", "event_count", "n_time_bins"}
+                   "estimate_samples", "event_count", "n_time_bins", "separate_timesteps"}
 ROUTES = {"direct": DIRECT_KEYS, "conversion": CONVERSION_KEYS}
 
 
@@ -211,8 +211,14 @@ def expand(study: Study) -> list[RunSpec]:
                         spec = RunSpec(_direct_id(p, seed), "direct", seed, params)
                     runs.setdefault(spec.run_id, spec)
             else:
-                for p in _grid(m, {"method": "qrelu", "timesteps": 10}):
+                m = dict(m)
+                steps = m.pop("timesteps", 10)
+                steps = sorted(set(steps)) if isinstance(steps, list) else [steps]
+                shared = not m.pop("separate_timesteps", False)  # one QAT, simulated at every T (static data)
+                for p in _grid({**m, "timesteps": [max(steps)] if shared else steps}, {"method": "qrelu"}):
                     p.pop("route")
+                    if shared and len(steps) > 1:
+                        p["extra_timesteps"] = [t for t in steps if t != p["timesteps"]]
                     method = p["method"]
                     tag = {"qrelu": lambda: f"t{_num(p['target_synops'])}x{p.get('schedule_points', 1)}",
                            "rho": lambda: f"rho{_num(p['rho'])}" if "rho" in p else "rhogrid",
@@ -222,6 +228,7 @@ def expand(study: Study) -> list[RunSpec]:
                         p.setdefault("lr", b["lr"])
                     params = {**common, **p, "seed": seed, "batch_size": b.get("batch_size", 64),
                               "train_samples": b.get("train_samples"), "eval_samples": b.get("eval_samples")}
-                    run_id = f"conv-{method}-{tag}-T{p['timesteps']}-s{seed}"
+                    ts = "-".join(str(t) for t in sorted([p["timesteps"], *p.get("extra_timesteps", [])]))
+                    run_id = f"conv-{method}-{tag}-T{ts}-s{seed}"
                     runs.setdefault(run_id, RunSpec(run_id, "conversion", seed, params, needs=ann_id))
     return sorted(runs.values(), key=lambda r: (r.kind != "ann", r.run_id))

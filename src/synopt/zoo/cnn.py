@@ -168,6 +168,7 @@ def allconvnet(
     input_size: tuple[int, int] = (32, 32),
     act: ActFactory = nn.ReLU,
     dropout: bool = True,
+    width: float = 1.0,
 ) -> nn.Sequential:
     """All-ConvNet (Springenberg et al. 2014, All-CNN-C) as used by Sorbaro et al. 2020 (003_* §2.4.2)::
 
@@ -175,8 +176,11 @@ def allconvnet(
         C192k3s2p1-S-DO(.1)-C192k3p0-S-DO(.1)-C192k1-S-DO(.1)-C(n)k1-GAP
 
     No bias, no batch norm, 8 activation sites.  003_* puts a 20 % dropout on the input and a 10 % dropout after
-    every convolution (we leave it out after the output convolution).
+    every convolution (we leave it out after the output convolution).  ``width`` scales the 96/192 channels (a
+    CPU-budget variant; 1.0 is the paper's network).
     """
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width}")
     h, w = pair(input_size)
     spec = [  # (out, kernel, stride, padding)
         (96, 3, 1, 1),
@@ -193,6 +197,7 @@ def allconvnet(
     layers: list[nn.Module] = [nn.Dropout(0.2)] if dropout else []
     cin = in_channels
     for cout, k, s, p in spec:
+        cout = max(1, round(cout * width))
         layers += [_conv(cin, cout, k, s, p), new_act(act)]
         if dropout:
             layers.append(nn.Dropout(0.1))

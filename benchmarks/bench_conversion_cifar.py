@@ -1,0 +1,151 @@
+"""CIFAR-10 All-ConvNet, section 2.4.2 / 3.2.2 of 003_* at a reduced CPU protocol (issue 3, section 7).
+
+1. Train the All-ConvNet ANN (``--width`` scales its channels; 1.0 is the paper's network) on a subset.
+2. First-layer scaling baseline: transfer the weights to the SNN, scale the first layer by ρ, simulate T = 10 steps
+   with count coding (input current x/T), for a grid of ρ (step 2 of the paper's procedure).
+3. From a ρ whose SNN has SynOps > MACs, QReLU + SynOp-loss fine-tuning with the target halved point by point
+   (step 3), each point simulated in sinabs.
+Checks: the SynOp-loss curve needs >= 10x fewer SynOps than the ρ curve at equal accuracy, and reaches
+SynOps <= 0.42 x MACs within 1 point of its own ANN.
+
+    python benchmarks/bench_conversion_cifar.py [--width 0.5] [--train-samples 20000] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from common import write_section
+
+SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def synops_at_accuracy(curve: list[tuple[float, float]], acc: float) -> float:
+    """SynOps the ρ curve needs to reach ``acc``: its monotone envelope (best accuracy so far, by SynOps),
+    log-linear interpolation between the two points around ``acc``; inf if it never gets there."""
+    env, best = [], -1.0
+    for syn, a in sorted(curve):
+        if a > best:
+            env.append((syn, a))
+            best = a
+    for (s0, a0), (s1, a1) in zip(env, env[1:]):
+        if a0 <= acc <= a1:
+            f = (acc - a0) / (a1 - a0) if a1 > a0 else 0.0
+            return math.exp(math.log(s0) + f * (math.log(s1) - math.log(s0)))
+    if env and acc <= env[0][1]:
+        return env[0][0]
+    return math.inf
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--train-samples", type=int, default=20000)
+    ap.add_argument("--ann-epochs", type=int, default=6)
+    ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--points", type=int, default=5)
+    ap.add_argument("--eval-samples", type=int, default=1000)
+    ap.add_argument("--rhos", default="1,2,4,8,16,32")
+    ap.add_argument("--timesteps", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", default="/tmp/bench-cifar")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from synopt import data, energy, zoo
+    from synopt.convert.pipeline import ConvertConfig, run_conversion
+    from synopt.convert.source import ModelSource
+    from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
+    from synopt.runs import load_checkpoint, save_checkpoint
+
+    work = Path(args.work)
+    root = work / "data"
+    if not root.is_dir():
+        subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
+    overrides = {"width": args.width}
+    ckpt = work / "ann.pt"
+    splits = data.load("cifar10", str(root), split_seed=0)
+    if not ckpt.is_file():
+        torch.manual_seed(0)
+        net = zoo.build("allconvnet", **overrides)
+        train = seeded_subset(data.load("cifar10", str(root), split_seed=0, augment="crop+flip").train,
+                              args.train_samples, 0)
+        fit(net, train, splits.val, TrainConfig(epochs=args.ann_epochs, batch_size=64, lr=1e-3, weight_decay=1e-4,
+                                               schedule="cosine", seed=0), checkpoint_dir=work / "ann-ckpt",
+            desc="All-ConvNet ANN")
+        save_checkpoint(ckpt, {"state_dict": net.state_dict()})
+    net = zoo.build("allconvnet", **overrides)
+    net.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+    macs = energy.analyze(net, (3, 32, 32)).macs
+    source = ModelSource("zoo", name="allconvnet", checkpoint=str(ckpt), overrides=overrides)
+    common = dict(source=source, dataset="cifar10", data_root=str(root), timesteps=args.timesteps,
+                  eval_samples=args.eval_samples, train_samples=args.train_samples, epochs=args.qat_epochs,
+                  batch_size=64, progress=True)
+    rho_dir = work / "rho"
+    m_rho = (json.loads((rho_dir / "metrics.json").read_text()) if (rho_dir / "metrics.json").is_file() else
+             run_conversion(ConvertConfig(out=str(rho_dir), method="rho",
+                                          rhos=[float(r) for r in args.rhos.split(",")], **common)))
+    ann_acc = m_rho["ann_accuracy"]
+    curve = [(p["sim_synops"], p["sim_accuracy"]) for p in m_rho["points"]]
+    # step 3: a rho whose SNN has SynOps > MACs (the most accurate such one), target = half its SynOps
+    above = [p for p in m_rho["points"] if p["sim_synops"] > macs] or m_rho["points"]
+    start = max(above, key=lambda p: (p["sim_accuracy"], -p["sim_synops"]))
+    q_dir = work / "qrelu"
+    m_q = (json.loads((q_dir / "metrics.json").read_text()) if (q_dir / "metrics.json").is_file() else
+           run_conversion(ConvertConfig(out=str(q_dir), method="qrelu", rho=start["rho"], lr=1e-4,
+                                        target_synops=start["sim_synops"] / 2, schedule_points=args.points,
+                                        **common)))
+    rows = []
+    for p in m_q["points"]:
+        need = synops_at_accuracy(curve, p["sim_accuracy"])
+        rows.append((p["target"], p["sim_synops"], p["sim_accuracy"], need, need / p["sim_synops"]))
+    within = [r for r in rows if r[2] >= ann_acc - 0.01]
+    best_ratio = max((r[4] for r in rows if math.isfinite(r[4])), default=math.nan)
+    lowest = min(within, key=lambda r: r[1]) if within else None
+    n_test = m_rho["points"][0].get("samples", args.eval_samples)
+    lines = [
+        f"CIFAR-10, All-ConvNet with channel width x{args.width:g} ({macs:,} MACs; the paper's x1 net has "
+        f"270,798,336 here), ANN trained {args.ann_epochs} epochs on {args.train_samples:,} images (random crop + "
+        f"flip, Adam 1e-3, cosine): test accuracy {100 * ann_acc:.2f}%. SNNs simulated T = {args.timesteps} steps, "
+        f"count coding, first {n_test:,} test images. QAT: {args.qat_epochs} epoch(s) per point on the same subset, "
+        f"starting from rho = {start['rho']:g} (SNN {100 * start['sim_accuracy']:.2f}% at {start['sim_synops']:,.0f} "
+        f"SynOps), target halved {args.points - 1} times.",
+        "",
+        "First-layer scaling (rho) curve:",
+        "",
+        "| rho | SNN acc | SynOps | SynOps / MACs |",
+        "|---|---|---|---|",
+        *[f"| {p['rho']:g} | {100 * p['sim_accuracy']:.2f}% | {p['sim_synops']:,.0f} | "
+          f"{p['sim_synops'] / macs:.3f} |" for p in m_rho["points"]],
+        "",
+        "QReLU + SynOp loss:",
+        "",
+        "| target | SNN SynOps | SynOps / MACs | SNN acc | rho curve needs at this acc | ratio |",
+        "|---|---|---|---|---|---|",
+        *[f"| {t:,.0f} | {s:,.0f} | {s / macs:.3f} | {100 * a:.2f}% | "
+          f"{'never reached' if not math.isfinite(n) else f'{n:,.0f}'} | "
+          f"{'>' + format(max(c[0] for c in curve) / s, '.1f') + 'x' if not math.isfinite(n) else f'{r:.1f}x'} |"
+          for t, s, a, n, r in rows],
+        "",
+        f"- SynOp-loss curve vs rho curve at equal accuracy: best ratio {best_ratio:.1f}x "
+        f"({'meets' if best_ratio >= 10 else 'does NOT meet'} the >= 10x of section 3.2.2).",
+        (f"- lowest SynOps within 1 point of the ANN ({100 * ann_acc:.2f}%): {lowest[1]:,.0f} = "
+         f"{lowest[1] / macs:.3f} x MACs at {100 * lowest[2]:.2f}% "
+         f"({'meets' if lowest[1] <= 0.42 * macs else 'does NOT meet'} <= 0.42 x MACs)") if lowest else
+        f"- no QReLU point stays within 1 point of the ANN ({100 * ann_acc:.2f}%): the <= 0.42 x MACs target is NOT met",
+    ]
+    write_section("conversion-cifar", "Conversion: CIFAR-10 All-ConvNet, SynOp loss vs first-layer scaling",
+                  "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -39,7 +39,7 @@ PAPER_LAMBDAS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 TOP_KEYS = {"name", "model", "dataset", "data_root", "seeds", "budget", "ann", "methods", "workers",
             "threads_per_worker", "energy_model", "description"}
 BUDGET_KEYS = {"train_samples", "epochs", "batch_size", "eval_samples", "lr", "weight_decay"}
-ANN_KEYS = {"epochs", "lr", "batch_size", "weight_decay"}
+ANN_KEYS = {"epochs", "lr", "batch_size", "weight_decay", "augment"}
 DIRECT_KEYS = {"route", "penalty", "p", "lambda_norm", "surrogate", "alpha", "tau", "epochs", "lr", "weight_decay",
                "bn_decay", "optimizer", "label_smoothing", "from_ann", "init_rate", "schedule"}
 CONVERSION_KEYS = {"route", "method", "target_synops", "schedule_points", "timesteps", "epochs", "lr",
@@ -191,7 +191,8 @@ def expand(study: Study) -> list[RunSpec]:
                 "lr": study.ann.get("lr", b.get("lr", 1e-3)),
                 "batch_size": study.ann.get("batch_size", b.get("batch_size", 64)),
                 "weight_decay": study.ann.get("weight_decay", b.get("weight_decay", 0.0)),
-                "train_samples": b.get("train_samples"), "seed": seed})
+                "train_samples": b.get("train_samples"), "seed": seed,
+                **({"augment": study.ann["augment"]} if "augment" in study.ann else {})})
         for m in study.methods:
             if m["route"] == "direct":
                 for p in _grid(m, {"penalty": "syn", "p": 1, "lambda_norm": list(PAPER_LAMBDAS),

@@ -38,20 +38,22 @@ def measure_synops(model: torch.nn.Module, account: energy.NetworkAccount, datas
 def train_ann(model: str = "digitsnet", dataset: str = "digits", data_root: str | None = None,
               out: str | Path = "runs/ann", epochs: int = 20, lr: float = 1e-3, batch_size: int = 64,
               weight_decay: float = 0.0, seed: int = 0, progress: bool = True,
-              train_samples: int | None = None) -> dict:
+              train_samples: int | None = None, augment: bool | str = False) -> dict:
     """Train zoo ``model`` (ReLU) on ``dataset``; write a run folder; return metrics and a printable summary.
 
-    ``train_samples``: train on a seeded subset of the training split (a sweep's shared budget)."""
+    ``train_samples``: train on a seeded subset of the training split (a sweep's shared budget); ``augment``: the
+    training augmentation of :func:`synopt.data.load` (e.g. ``'crop+flip'``, or ``'prefix'`` for event data)."""
     torch.manual_seed(seed)  # before building: the initial weights depend on it
     splits = data.load(dataset, data_root, split_seed=seed)
-    train_set = seeded_subset(splits.train, train_samples, seed)
+    train_set = seeded_subset(data.load(dataset, data_root, split_seed=seed, augment=augment).train
+                              if augment else splits.train, train_samples, seed)
     spec = zoo.get_spec(model)
     c, h, w = splits.input_shape
     net = zoo.build(model, in_channels=c, input_size=(h, w), num_classes=splits.num_classes)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                       progress=progress)
     run = RunDir(out, {"command": "train", "model": model, "dataset": dataset, "data_root": data_root,
-                       "train_samples": train_samples, "train": asdict(cfg)}, resume=True)
+                       "train_samples": train_samples, "augment": augment, "train": asdict(cfg)}, resume=True)
     history = fit(net, train_set, splits.val, cfg, checkpoint_dir=run.path / "checkpoints", desc=model)
     test_acc = evaluate(net, splits.test)
     account = energy.analyze(net, splits.input_shape)

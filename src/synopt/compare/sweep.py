@@ -13,6 +13,7 @@ killed half-way resumes from its own checkpoints). A failed run is recorded with
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -176,8 +177,6 @@ class SweepResult:
 
 
 def _finished(out: Path) -> dict | None:
-    import json
-
     marker = out / "sweep.json"
     return json.loads(marker.read_text()) if marker.is_file() else None
 
@@ -208,8 +207,11 @@ def _rows(path: Path, spec: RunSpec, rec: dict, energy_model: str) -> list[dict]
     return rows
 
 
-def write_results(path: Path, study: Study, plan: list[RunSpec], records: dict[str, dict]) -> list[dict]:
-    """Rows of every ended run, energies relative to the per-seed reference; results.csv and results.json."""
+def write_results(path: Path, study: Study, plan: list[RunSpec], records: dict[str, dict],
+                  rederive: bool = True) -> list[dict]:
+    """Rows of every ended run, energies relative to the per-seed reference; results.csv and results.json.
+
+    ``rederive``: read the rows again from the run folders (the final table); else use those the runs recorded."""
     ref = _reference(study, records)
     rows = []
     for spec in plan:
@@ -221,7 +223,7 @@ def write_results(path: Path, study: Study, plan: list[RunSpec], records: dict[s
                                    rec.get("wall_time_s")))
             continue
         seed_ref = ref["per_seed"].get(str(spec.seed), {}).get("e_snn_j")
-        for row in _rows(path, spec, rec, study.energy_model):
+        for row in (_rows(path, spec, rec, study.energy_model) if rederive else rec["rows"]):
             row = dict(row)
             row["energy_rel"] = (row["e_snn_j"] / seed_ref if seed_ref and row["e_snn_j"] is not None
                                  else math.nan)
@@ -254,7 +256,7 @@ def sweep(study_file: str | Path, out: str | Path | None = None, workers: int | 
             records[spec.run_id] = rec
         else:
             todo.append(spec)
-    skipped = [s for s in records]
+    skipped = list(records)
     n_workers = max(1, int(workers or study.workers or os.cpu_count() or 1))
     n_workers = min(n_workers, max(1, len(todo)))
     if ray_address:
@@ -269,10 +271,11 @@ def sweep(study_file: str | Path, out: str | Path | None = None, workers: int | 
                unit="run")
     ran, failed = [], [s for s, r in records.items() if r["status"] != "ok"]
     running: dict[Any, RunSpec] = {}
+    limit = math.inf if ray_address else n_workers  # Ray places tasks by their num_cpus itself
     try:
         while todo or running:
             for spec in list(todo):
-                if len(running) >= (n_workers if not ray_address else len(todo) + len(running)):
+                if len(running) >= limit:
                     break
                 dep = records.get(spec.needs) if spec.needs else {"status": "ok"}
                 if spec.needs and dep is None:
@@ -300,7 +303,7 @@ def sweep(study_file: str | Path, out: str | Path | None = None, workers: int | 
                 (ran if rec["status"] == "ok" else failed).append(spec.run_id)
                 bar.update(1)
                 bar.set_postfix_str(f"{spec.run_id}: {rec['status']}")
-                write_results(path, study, plan, records)
+                write_results(path, study, plan, records, rederive=False)
     finally:
         bar.close()
         ex.close()
@@ -309,6 +312,4 @@ def sweep(study_file: str | Path, out: str | Path | None = None, workers: int | 
 
 
 def _jsonable(obj: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(obj, default=str))

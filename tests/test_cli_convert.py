@@ -53,6 +53,9 @@ def test_simulate_reloads_the_snn(run_dir, tmp_path):
     (["convert", "--model", "digitsnet", "--method", "qrelu", "--target-synops", "-3", "--out", "OUT"], "positive"),
     (["convert", "--model", "cnn7", "--dataset", "digits", "--target-synops", "1e5", "--out", "OUT"], "expects input"),
     (["simulate", "/nonexistent/snn"], "spec.json"),
+    (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--target-fraction", "0.5", "--out", "OUT"],
+     "one of --target-synops"),
+    (["convert", "--model", "digitsnet", "--target-fraction", "1.5", "--out", "OUT"], "(0, 1]"),
 ])
 def test_convert_user_errors(args, needle, tmp_path):
     args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
@@ -116,3 +119,21 @@ def test_torchvision_resnet18_converts(tmp_path):
                         str(ck), "--num-classes", "100", "--dataset", "digits", "--method", "rho", "--out",
                         str(tmp_path / "bad")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "does not fit torchvision 'resnet18'" in r.stderr
+
+
+def test_target_fraction_halves_the_starting_synops(tmp_path):
+    """Step 3a of 003_* section 2.4.2: the first target is half the QReLU network's SynOps at the chosen rho."""
+    from synopt.convert.pipeline import ConvertConfig, run_conversion
+    from synopt.convert.source import ModelSource
+
+    first = tmp_path / "ann"
+    main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "8", "--method", "rho",
+          "--rho", "1", "--samples", "50", "--out", str(first), "--quiet"])
+    m = run_conversion(ConvertConfig(source=ModelSource("zoo", name="digitsnet",
+                                                        checkpoint=str(first / "source" / "ann.pt")),
+                                     dataset="digits", out=str(tmp_path / "q"), method="qrelu", rho=2.0,
+                                     target_fraction=0.5, schedule_points=2, epochs=1, lr=1e-2, timesteps=4,
+                                     eval_samples=100, progress=False))
+    start = m["start_synops"]
+    assert [p["target"] for p in m["points"]] == [pytest.approx(start / 2), pytest.approx(start / 4)]
+    assert m["points"][0]["sim_synops"] == pytest.approx(start / 2, rel=0.1)  # calibrated onto the target

@@ -134,7 +134,7 @@ methods:
     ('model = "digitsnet"\ndataset = "digits"\n[[methods]]\nroute = "direct"\nlamda = 3\n', "s.toml",
      "unknown key(s) lamda"),
     ('model = "digitsnet"\ndataset = "digits"\n[[methods]]\nroute = "conversion"\n', "s.toml",
-     "needs target_synops"),
+     "needs one of target_synops"),
     ('model = "nonet"\ndataset = "digits"\n[[methods]]\nroute = "direct"\n', "s.toml", "nonet"),
     ('model = "digitsnet"\ndataset = "digits"\nseeds = "one"\n[[methods]]\nroute = "direct"\n', "s.toml",
      "seeds must be"),

@@ -164,7 +164,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.event_count:
         frames = {"event_count": args.event_count}
     cfg = ConvertConfig(source=source, dataset=args.dataset, out=args.out, data_root=args.data_root,
-                        method=args.method, target_synops=args.target_synops, schedule_points=args.schedule,
+                        method=args.method, target_synops=args.target_synops, target_fraction=args.target_fraction,
+                        schedule_points=args.schedule,
                         timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                         batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
                         eval_samples=args.samples, init_v_fraction=args.init_v, min_v_mem=args.min_v_mem,
@@ -383,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="qrelu: QAT with the SynOp loss (default); scale: robust percentile scaling; rho: "
                          "first-layer scaling sweep")
     cv.add_argument("--target-synops", type=float, help="SynOp budget per inference S0 (method qrelu)")
+    cv.add_argument("--target-fraction", type=float,
+                    help="instead of --target-synops: S0 = this fraction of the QReLU network's SynOps at rho "
+                         "(0.5 = the paper's halving step)")
     cv.add_argument("--schedule", type=int, default=1, help="halve the target this many times, each model starting "
                                                            "from the previous one (default 1: one target)")
     cv.add_argument("--timesteps", "-T", type=int, default=10, help="simulation time steps (default 10)")

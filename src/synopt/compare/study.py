@@ -42,7 +42,7 @@ BUDGET_KEYS = {"train_samples", "epochs", "batch_size", "eval_samples", "lr", "w
 ANN_KEYS = {"epochs", "lr", "batch_size", "weight_decay", "augment"}
 DIRECT_KEYS = {"route", "penalty", "p", "lambda_norm", "surrogate", "alpha", "tau", "epochs", "lr", "weight_decay",
                "bn_decay", "optimizer", "label_smoothing", "from_ann", "init_rate", "schedule"}
-CONVERSION_KEYS = {"route", "method", "target_synops", "schedule_points", "timesteps", "epochs", "lr",
+CONVERSION_KEYS = {"route", "method", "target_synops", "target_fraction", "schedule_points", "timesteps", "epochs", "lr",
                    "weight_decay", "rho", "percentile", "calibrate", "single_spike", "init_v_fraction",
                    "estimate_samples", "event_count", "n_time_bins", "separate_timesteps"}
 ROUTES = {"direct": DIRECT_KEYS, "conversion": CONVERSION_KEYS}
@@ -141,8 +141,9 @@ def load_study(path: str | Path, data_root: str | None = None) -> Study:
             method = m.get("method", "qrelu")
             if method not in ("qrelu", "rho", "scale"):
                 raise StudyError(f"{where}: method must be qrelu, rho or scale, got {method!r}")
-            if method == "qrelu" and "target_synops" not in m:
-                raise StudyError(f"{where}: a qrelu conversion needs target_synops (a number or a list)")
+            if method == "qrelu" and ("target_synops" in m) == ("target_fraction" in m):
+                raise StudyError(f"{where}: a qrelu conversion needs one of target_synops (SynOps, a number or a "
+                                 f"list) or target_fraction (e.g. 0.5: half the SynOps at the chosen rho)")
     from synopt import zoo
 
     try:
@@ -221,7 +222,8 @@ def expand(study: Study) -> list[RunSpec]:
                     if shared and len(steps) > 1:
                         p["extra_timesteps"] = [t for t in steps if t != p["timesteps"]]
                     method = p["method"]
-                    tag = {"qrelu": lambda: f"t{_num(p['target_synops'])}x{p.get('schedule_points', 1)}",
+                    tag = {"qrelu": lambda: (f"t{_num(p['target_synops'])}" if "target_synops" in p else
+                                             f"f{_num(p['target_fraction'])}") + f"x{p.get('schedule_points', 1)}",
                            "rho": lambda: f"rho{_num(p['rho'])}" if "rho" in p else "rhogrid",
                            "scale": lambda: f"p{_num(p.get('percentile', 99.9))}"}[method]()
                     p.setdefault("epochs", b.get("epochs", 5))

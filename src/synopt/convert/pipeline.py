@@ -41,6 +41,7 @@ class ConvertConfig:
     data_root: str | None = None
     method: str = "qrelu"  # qrelu | scale | rho
     target_synops: float | None = None
+    target_fraction: float | None = None  # qrelu: first target = this fraction of the QReLU net's SynOps at rho
     schedule_points: int = 1  # >1: halve the target this many times
     timesteps: int = 10
     epochs: int = 5
@@ -209,8 +210,11 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     """Run the conversion route; write the run folder ``cfg.out``; return the metrics."""
     if cfg.method not in ("qrelu", "scale", "rho"):
         raise ValueError(f"unknown method {cfg.method!r}; choose qrelu, scale or rho")
-    if cfg.method == "qrelu" and cfg.target_synops is None:
-        raise ValueError("--target-synops is required for --method qrelu (e.g. --target-synops 1e6)")
+    if cfg.method == "qrelu" and (cfg.target_synops is None) == (cfg.target_fraction is None):
+        raise ValueError("--method qrelu needs one of --target-synops (e.g. 1e6) or --target-fraction (e.g. 0.5: half "
+                         "the SynOps of the QReLU network at the chosen rho, step 3a of 003_* section 2.4.2)")
+    if cfg.target_fraction is not None and not 0 < cfg.target_fraction <= 1:
+        raise ValueError(f"--target-fraction must be in (0, 1], got {cfg.target_fraction:g}")
     if cfg.target_synops is not None and not cfg.target_synops > 0:
         raise ValueError(f"--target-synops must be positive, got {cfg.target_synops:g}")
     if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
@@ -299,7 +303,15 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             return _sim(net.net, "count", sim_splits, cfg, shape, "val", cfg.estimate_samples).synops
 
         measure = simulated_val_synops if splits.is_event and not exact else None
-        targets = [cfg.target_synops / 2 ** i for i in range(max(cfg.schedule_points, 1))]
+        first = cfg.target_synops
+        if first is None:  # step 3a of 003_* section 2.4.2: half (a fraction) of the current SynOps
+            start = measure(qnet) if measure else estimate(qnet, account, est_val, cfg.estimate_samples,
+                                                           collate_fn=sim_splits.collate_fn)[1]
+            first = cfg.target_fraction * start
+            metrics["start_synops"] = start
+            notes.append(f"first target {first:,.0f} SynOps = {cfg.target_fraction:g} x {start:,.0f} (the QReLU "
+                         f"network at rho = {rho:g})")
+        targets = [first / 2 ** i for i in range(max(cfg.schedule_points, 1))]
         for i, target in enumerate(targets):
             label = f"target={target:.4g}"
             hist = finetune(qnet, qat_train, qat_val, train_cfg, shape, target=target,

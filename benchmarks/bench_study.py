@@ -27,6 +27,31 @@ def _fmt(x: float, pct: bool = True) -> str:
         f"{100 * x:.1f}" if pct else f"{x:.3f}")
 
 
+def equal_energy(rows: list[dict]) -> list[str]:
+    """The best accuracy of each route at or below each energy level the other route reaches (seed means):
+    AUC(P) only sees energies <= 1x the reference, so a route whose points all lie above it scores 0 there."""
+    ok = [r for r in rows if r["status"] == "ok" and r["method"] in CURVE_METHODS | {"none"}
+          and r["energy_rel"] is not None and not math.isnan(r["energy_rel"])]
+    lines = []
+    for route, other in (("conversion", "direct"), ("direct", "conversion")):
+        mine = [r for r in ok if r["route"] == route]
+        theirs = [r for r in ok if r["route"] == other]
+        if not mine or not theirs:
+            continue
+        cheapest = min(mine, key=lambda r: r["energy_rel"])
+        rivals = [r for r in theirs if r["energy_rel"] <= cheapest["energy_rel"] * 1.05]
+        if rivals:
+            best = max(rivals, key=lambda r: r["accuracy"])
+            lines.append(f"- at <= {cheapest['energy_rel']:.2f}x E_baseline (the cheapest {route} model, "
+                         f"{cheapest['label']}: {100 * cheapest['accuracy']:.2f}%) the best {other} model is "
+                         f"{best['label']} (λ'/target {best['intensity']:g}) with {100 * best['accuracy']:.2f}% at "
+                         f"{best['energy_rel']:.2f}x")
+        else:
+            lines.append(f"- the cheapest {route} model ({cheapest['label']}, {cheapest['energy_rel']:.2f}x "
+                         f"E_baseline, {100 * cheapest['accuracy']:.2f}%) costs less than any {other} model")
+    return lines
+
+
 def orderings(table: list[dict], P: int = 50) -> list[str]:
     """The paper's orderings (Table 4/21 of 000_*) checked on AUC(P) means; one line each, with the numbers."""
     auc = {r["label"]: r.get(f"AUC({P})", math.nan) for r in table}
@@ -145,6 +170,8 @@ def main() -> None:
         "The papers' orderings (Table 4/21 of 000_*):",
         "",
         *orderings(table, 50),
+        *(["", "At equal energy (AUC(P) ignores energies above 1x the reference):", "", *equal_energy(res.rows)]
+          if equal_energy(res.rows) else []),
         *(["", "Direct route vs ReLU (issue 4):", "", *direct_checks(res.rows)] if direct_checks(res.rows) else []),
         "",
         report_note,

@@ -62,6 +62,7 @@ def test_convert_user_errors(args, needle, tmp_path):
     r = subprocess.run([sys.executable, "-m", "synopt.cli", *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o").exists(), "a refused run must not leave a run folder behind"
 
 
 class _Bytes255(torch.nn.Module):

@@ -221,10 +221,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    source = keep_copy(cfg.source, out / "source")
-    cfg = dataclasses.replace(cfg, source=source)
-    run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
-    model, model_shape, notes = load_model(source)
+    model, model_shape, notes = load_model(cfg.source)  # every check before the run folder is written
     splits, sim_splits, train_images = _splits(cfg)
     if splits.is_event and cfg.extra_timesteps:
         raise ValueError("extra time steps serve static images only: on event data the framing depends on T "
@@ -235,6 +232,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     if expected != tuple(splits.input_shape):
         raise ValueError(f"the model expects input {tuple(model_shape)} but dataset {cfg.dataset!r} gives "
                          f"{tuple(splits.input_shape)}; choose a matching dataset or fold the input convention")
+    source = keep_copy(cfg.source, out / "source")
+    cfg = dataclasses.replace(cfg, source=source)
+    run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
     shape = tuple(splits.input_shape)
     if cfg.train_epochs > 0:
         ann_cfg = TrainConfig(epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.train_lr, seed=cfg.seed,

@@ -289,7 +289,7 @@ def sweep(study_file: str | Path, out: str | Path | None = None, workers: int | 
                     failed.append(spec.run_id)
                     bar.update(1)
                     continue
-                handle = ex.submit(run_one, _jsonable(spec.to_dict()), str(path), study.threads_per_worker,
+                handle = ex.submit(run_one, _jsonable(spec.to_dict()), str(path.resolve()), study.threads_per_worker,
                                    study.energy_model)
                 running[handle] = spec
             if not running:

@@ -153,9 +153,11 @@ def main() -> None:
     body = [
         f"Study `{Path(args.study).name}`: {study.description}",
         f"model {study.model}, dataset {study.dataset}, seeds {study.seeds}, budget {study.budget}; "
-        f"{len({r['run'] for r in res.rows})} runs ({len(res.failed)} failed), sweep wall time "
-        f"{wall / 60:.1f} min this invocation ({len(res.skipped)} runs were already finished), "
-        f"{run_time / 60:.1f} run-minutes in all, {study.workers or os.cpu_count()} workers x "
+        f"{len({r['run'] for r in res.rows})} runs ({len(res.failed)} failed), "
+        + (f"sweep wall time {wall / 60:.1f} min this invocation ({len(res.skipped)} runs were already finished), "
+           if res.ran else "all runs finished in earlier invocations (this one re-read them), ")
+        + f"{run_time / 60:.1f} run-minutes in all (the sum of the runs' wall times), "
+        f"{study.workers or os.cpu_count()} workers x "
         f"{study.threads_per_worker} thread(s).",
         "",
         "ANN (ReLU, same budget): " + ", ".join(f"seed {r['seed']}: {100 * r['accuracy']:.2f}%" for r in ann),

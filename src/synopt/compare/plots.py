@@ -127,9 +127,10 @@ def save_figure(fig, stem: str | Path) -> list[Path]:
     stem.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     paths = [stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".svg")]
-    try:
-        fig.savefig(paths[0], dpi=120)
-        fig.savefig(paths[1])
+    try:  # no dates, fixed SVG ids: the same data give the same files (reports are committed to docs/)
+        fig.savefig(paths[0], dpi=120, metadata={"Software": None})
+        with plt.rc_context({"svg.hashsalt": "synopt"}):
+            fig.savefig(paths[1], metadata={"Date": None})
     finally:
         plt.close(fig)
     return paths

@@ -295,7 +295,6 @@ def test_a_failure_while_writing_leaves_the_old_report(tmp_path, monkeypatch):
 
 
 def test_single_run_folder(tmp_path):
-    pytest.importorskip("synopt.compare.results")
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"config": {"command": "convert", "method": "qrelu",

@@ -138,6 +138,7 @@ def main() -> None:
     score_md = scores.format_score_table(table, (70, 50))
     ann = [r for r in res.rows if r["route"] == "ann" and r["status"] == "ok"]
     ref = [r for r in res.rows if r["method"] == "none" and r["status"] == "ok"]
+    energy_lines, direct_lines = equal_energy(res.rows), direct_checks(res.rows)
     best = sorted((r for r in res.rows if r["status"] == "ok" and r["route"] != "ann"),
                   key=lambda r: -r["accuracy"])[:1]
     doc_dir = DOC.parent / "studies" / study.name
@@ -172,9 +173,9 @@ def main() -> None:
         "The papers' orderings (Table 4/21 of 000_*):",
         "",
         *orderings(table, 50),
-        *(["", "At equal energy (AUC(P) ignores energies above 1x the reference):", "", *equal_energy(res.rows)]
-          if equal_energy(res.rows) else []),
-        *(["", "Direct route vs ReLU (issue 4):", "", *direct_checks(res.rows)] if direct_checks(res.rows) else []),
+        *(["", "At equal energy (AUC(P) ignores energies above 1x the reference):", "", *energy_lines]
+          if energy_lines else []),
+        *(["", "Direct route vs ReLU (issue 4):", "", *direct_lines] if direct_lines else []),
         "",
         report_note,
     ]

@@ -140,8 +140,8 @@ def rows_from_run(run_dir: str | Path, energy_model: str = "cmos45nm", reference
 
 
 def failed_row(run_id: str, kind: str, seed: int, error: str, run_dir: str, wall_time_s: float | None) -> dict:
-    route = {"ann": "ann", "direct": "direct", "conversion": "conversion"}[kind]
-    return _row(run=run_id, run_dir=run_dir, point=0, status="failed", error=error, route=route, seed=seed,
+    """The row of a run that did not end; its route is the run's kind (ann, direct or conversion)."""
+    return _row(run=run_id, run_dir=run_dir, point=0, status="failed", error=error, route=kind, seed=seed,
                 wall_time_s=wall_time_s)
 
 

@@ -44,9 +44,8 @@ def train_ann(model: str = "digitsnet", dataset: str = "digits", data_root: str 
     ``train_samples``: train on a seeded subset of the training split (a sweep's shared budget); ``augment``: the
     training augmentation of :func:`synopt.data.load` (e.g. ``'crop+flip'``, or ``'prefix'`` for event data)."""
     torch.manual_seed(seed)  # before building: the initial weights depend on it
-    splits = data.load(dataset, data_root, split_seed=seed)
-    train_set = seeded_subset(data.load(dataset, data_root, split_seed=seed, augment=augment).train
-                              if augment else splits.train, train_samples, seed)
+    splits = data.load(dataset, data_root, split_seed=seed, augment=augment)  # augments the train split only
+    train_set = seeded_subset(splits.train, train_samples, seed)
     spec = zoo.get_spec(model)
     c, h, w = splits.input_shape
     net = zoo.build(model, in_channels=c, input_size=(h, w), num_classes=splits.num_classes)

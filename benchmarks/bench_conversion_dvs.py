@@ -54,7 +54,7 @@ def run_variant(name: str, work: Path, root: Path, seed: int, args) -> list[dict
         b = convert(base / f"baseline-{i}", root, ann, seed, method="rho", rho=1.0, **framing, **opts)["baseline"]
         target = b["sim_synops"] / args.cut
         m = convert(base / f"qat-{i}", root, ann, seed, method="qrelu", target_synops=target, epochs=args.epochs,
-                    lr=args.lr, **framing, **opts)
+                    lr=args.lr, target_control=args.target_control, **framing, **opts)
         p = m["points"][0]
         row = {"variant": name, "seed": seed, "framing": label, "ann_acc": m0["ann_accuracy"],
                "base_acc": b["sim_accuracy"], "base_synops": b["sim_synops"], "target": target,
@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=150)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--target-control", type=float, default=0.0, help="closed-loop QAT target gain (0: off)")
     ap.add_argument("--cut", type=float, default=6.0, help="QAT target = baseline SNN SynOps / cut")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the event variant")
     ap.add_argument("--image-seeds", type=int, nargs="*", default=[0], help="seeds of the image (pre-fix) variant")
@@ -125,7 +126,7 @@ def main() -> None:
     (work / "rows.json").write_text(json.dumps(rows, indent=1))
     body = (f"N-MNIST (real recordings; 900 train / 100 validation / 100 test), zoo `mnistdvs` at 2x34x34, ANN trained "
             f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}, target = baseline SNN SynOps / "
-            f"{args.cut:g}; {args.threads} torch thread(s). Variants: **event** = the pipeline's defaults for event "
+            f"{args.cut:g}; closed-loop target gain {args.target_control:g}; {args.threads} torch thread(s). Variants: **event** = the pipeline's defaults for event "
             "data (ANN on prefix-augmented images, time-aware QAT on random framings of 30 time bins into the "
             "simulated framing's frame counts, rho choice and calibration on the time-aware estimate of the "
             "simulated framing); **image** = ANN and QAT on whole-recording images as before the fix (estimates and "

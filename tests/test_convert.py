@@ -1,5 +1,7 @@
 """Conversion core: QReLU, rho scaling, SynOp loss, IF dynamics, count coding, simulation accounting."""
 
+import functools
+
 import pytest
 import torch
 import torch.nn as nn
@@ -198,3 +200,64 @@ def test_count_coding_with_a_folded_input_offset():
     site = next(iter(rec.activity))
     assert (rec.activity[site] - expected).abs().max() <= 1
     assert (rec.activity[site] != expected).float().mean() < 0.02
+
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_ann():
+    from synopt import data, zoo
+    from synopt.finetune.train import TrainConfig, fit
+    from synopt.graph import prepare
+
+    torch.manual_seed(0)
+    splits = data.load("digits")
+    ann = zoo.build("digitsnet", dropout=False)
+    fit(ann, splits.train, None, TrainConfig(epochs=4, batch_size=64, lr=3e-3, progress=False))
+    return splits, prepare(ann.eval())[0]
+
+
+def _digits_qat(control: float, epochs: int, checkpoint_dir=None, stop_after: int | None = None):
+    """The trained digitsnet as a QReLU net (rho 2), fine-tuned towards half of its SynOps without annealing."""
+    from synopt.convert.qat import estimate, finetune, qrelu_network
+    from synopt.finetune.train import TrainConfig
+
+    splits, ann = _digits_ann()
+    torch.manual_seed(0)
+    qnet = qrelu_network(ann, rho=2.0)
+    start = estimate(qnet, energy.analyze(qnet.net, (1, 8, 8)), splits.val)[1]
+
+    def stop(epoch, _row):
+        if stop_after is not None and epoch == stop_after:
+            raise KeyboardInterrupt
+
+    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, progress=False)
+    return start / 2, finetune(qnet, splits.train, None, cfg, (1, 8, 8), target=start / 2, anneal=False,
+                               control=control, checkpoint_dir=checkpoint_dir, on_epoch_end=stop)
+
+
+def test_closed_loop_target_lowers_s0_once_the_synops_settle():
+    """Eq. 2 alone settles above S0; the closed-loop target (qat.finetune ``control``) lowers the loss's S0 by
+    (target / S)^gain after every epoch whose SynOps moved by less than SETTLED, and so ends nearer the target."""
+    from synopt.convert.qat import SETTLED
+
+    target, plain = _digits_qat(0.0, 6)
+    _, ctl = _digits_qat(0.5, 6)
+    assert all(h["target"] == pytest.approx(target) for h in plain)  # open loop: S0 stays the target
+    assert plain[-1]["synops"] > 1.05 * target
+    k, moved = 1.0, 0
+    for prev, row, nxt in zip(ctl, ctl[1:], ctl[2:]):
+        assert row["scheduled_target"] == pytest.approx(target)
+        if abs(row["synops"] / prev["synops"] - 1) < SETTLED:
+            k, moved = min(2.0, max(0.25, k * (target / row["synops"]) ** 0.5)), moved + 1
+        assert nxt["target"] == pytest.approx(k * target)
+    assert moved >= 2 and ctl[-1]["target"] < target
+    assert ctl[-1]["synops"] < plain[-1]["synops"]
+
+
+def test_closed_loop_target_resumes_with_the_same_correction(tmp_path):
+    _, full = _digits_qat(0.5, 5)
+    with pytest.raises(KeyboardInterrupt):
+        _digits_qat(0.5, 5, checkpoint_dir=tmp_path, stop_after=3)  # epochs 1-3 checkpointed, 4 interrupted
+    _, resumed = _digits_qat(0.5, 5, checkpoint_dir=tmp_path)
+    assert len(resumed) == 5 and full[3]["target"] < full[0]["target"]
+    assert resumed[3]["target"] == pytest.approx(full[3]["target"], rel=1e-6)  # replayed from the history

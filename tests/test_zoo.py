@@ -377,3 +377,25 @@ def test_vgg16_matches_003_table1_vgg16():
     model = _counted("vgg16")[0]
     assert round(count_parameters(model) / 1e6) == 15
     assert int(sum(_macs(model, (3, 32, 32))) / 1e6) == 313
+
+
+def test_allconvnet_batch_norm_variant_folds_to_the_same_function():
+    """``batch_norm=True`` adds one BN per hidden conv (8) and nothing else; the conversion's BN fold gives a net
+    without BN whose outputs equal the BN net's in eval mode."""
+    from synopt.graph.bnfold import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build("allconvnet", width=0.25, batch_norm=True).eval()
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 8 and [b.num_features for b in bns] == [24, 24, 24, 48, 48, 48, 48, 48]
+    plain = build("allconvnet", width=0.25)
+    assert count_parameters(net) == count_parameters(plain) + 2 * sum(b.num_features for b in bns)
+    for b in bns:  # non-trivial statistics so the fold has something to do
+        b.running_mean.uniform_(-0.5, 0.5)
+        b.running_var.uniform_(0.5, 2.0)
+        b.weight.data.uniform_(0.5, 1.5)
+        b.bias.data.uniform_(-0.2, 0.2)
+    x = torch.rand(4, 3, 32, 32)
+    folded = fold_batchnorm(symbolic_trace(net))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    torch.testing.assert_close(folded(x), net(x), atol=1e-5, rtol=1e-4)

@@ -168,7 +168,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         schedule_points=args.schedule,
                         timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                         batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
-                        eval_samples=args.samples, init_v_fraction=args.init_v, min_v_mem=args.min_v_mem,
+                        target_control=args.target_control, eval_samples=args.samples, init_v_fraction=args.init_v,
+                        min_v_mem=args.min_v_mem,
                         single_spike=args.single_spike, percentile=args.percentile, frames=frames, seed=args.seed,
                         train_epochs=args.train_epochs, progress=not args.quiet,
                         maxpool="keep" if args.keep_maxpool else "avg", bias="remove" if args.remove_bias else "keep",
@@ -397,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--rho", type=float, help="first-layer scale (default: chosen automatically; with --method rho "
                                               "the sweep is 0.5,1,2,...,32 unless one value is given)")
     cv.add_argument("--no-calibrate", action="store_true", help="do not calibrate the SynOps onto the target")
+    cv.add_argument("--target-control", type=float, default=0.0, metavar="GAIN",
+                    help="closed-loop QAT target: once the SynOps settle, lower the loss's S0 by (target/S)^GAIN per "
+                         "epoch so the trained net lands on the target (e.g. 0.5; default 0: Eq. 2 as published)")
     cv.add_argument("--samples", type=int, help="test samples to simulate (default: all)")
     cv.add_argument("--init-v", type=float, default=0.0, help="initial membrane in units of the threshold (0.5: θ/2)")
     cv.add_argument("--min-v-mem", type=float, help="lower bound of the membrane in units of the threshold, e.g. -1")

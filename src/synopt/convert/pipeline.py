@@ -52,6 +52,7 @@ class ConvertConfig:
     rhos: list[float] = field(default_factory=lambda: list(RHO_GRID))
     calibrate: bool = True
     calibration_tolerance: float = 0.02
+    target_control: float = 0.0  # >0: closed-loop QAT target (qat.finetune ``control``; docs/conversion.md)
     eval_samples: int | None = None  # test samples simulated (None: all)
     estimate_samples: int = 2000
     init_v_fraction: float = 0.0
@@ -217,6 +218,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         raise ValueError(f"--target-fraction must be in (0, 1], got {cfg.target_fraction:g}")
     if cfg.target_synops is not None and not cfg.target_synops > 0:
         raise ValueError(f"--target-synops must be positive, got {cfg.target_synops:g}")
+    if not 0 <= cfg.target_control <= 1:
+        raise ValueError(f"--target-control is a gain in [0, 1] (0: off, 0.5 a good start), got {cfg.target_control:g}")
     if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
         raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
     torch.manual_seed(cfg.seed)
@@ -315,7 +318,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         for i, target in enumerate(targets):
             label = f"target={target:.4g}"
             hist = finetune(qnet, qat_train, qat_val, train_cfg, shape, target=target,
-                            checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}", framing=framing)
+                            checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}", framing=framing,
+                            control=cfg.target_control)
             point = {"target": target, "history": hist}
             if cfg.calibrate:
                 qnet_cal, c, syn = calibrate(qnet, account, est_val, target, cfg.estimate_samples,

@@ -16,6 +16,7 @@ from synopt.convert.qrelu import OutputQReLU, QReLU, swap_activations
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.temporal import EqualFramed, RandomFraming, temporal_current, temporal_scores
 from synopt.finetune.train import TrainConfig, fit
+from synopt.runs import load_checkpoint
 
 
 class QReLUNetwork(nn.Sequential):
@@ -100,6 +101,9 @@ def estimate(qnet: QReLUNetwork, account: energy.NetworkAccount, data: Dataset, 
     return correct / seen, sum(per_layer.values()), per_layer
 
 
+SETTLED = 0.1  # closed-loop target: the epoch's SynOps within 10 % of the previous epoch's count as settled
+
+
 def annealed_targets(start: float, target: float, epochs: int, anneal_fraction: float = 0.5) -> list[float]:
     """Per-epoch SynOp targets: geometric steps from the current SynOps ``start`` down (or up) to ``target`` over the
     first ``anneal_fraction`` of the epochs, then ``target``. The paper reaches low budgets by a schedule of
@@ -114,7 +118,7 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
              target: float | None = None, alpha: float | None = None, anneal: bool = True,
              checkpoint_dir: str | Path | None = None, desc: str = "qat",
              on_epoch_end: Callable[[int, dict], None] | None = None,
-             framing: RandomFraming | None = None) -> list[dict]:
+             framing: RandomFraming | None = None, control: float = 0.0) -> list[dict]:
     """Fine-tune ``qnet`` in place with cross-entropy + SynOp loss (Eq. 2 of 003_*); returns the epoch history.
 
     With ``anneal`` the target moves geometrically from the network's current SynOps to ``target`` over the first
@@ -126,6 +130,13 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
     (``RandomFraming``) and run as the SNN will run it (``temporal.py``), so the loss sees the IF counts of
     input arriving over time and S counts the spikes the SNN emits. The logits are the output current summed over
     the steps; validation uses equal frames, as many as the most of ``framing.frames``.
+
+    ``control`` > 0 closes the loop on the target (our addition; docs/conversion.md): CE and the SynOp term of Eq. 2
+    balance where S sits above S0, so once the schedule has reached ``target`` and the epoch-mean training SynOps S
+    have settled (within ``SETTLED`` of the previous epoch's), the S0 given to the loss is multiplied by
+    ``(target / S) ** control`` (clamped to [1/4, 2] x target). This drives the trained network onto the target
+    instead of leaving the gap to the post-hoc first-layer calibration; waiting for S to settle keeps the correction
+    from winding up while the optimiser is still moving S.
     """
     account = energy.analyze(qnet.net, input_shape)
     loss_fn = SynOpLoss(account, target, alpha)
@@ -134,10 +145,24 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
     if framing is not None:
         val = EqualFramed(val, max(framing.frames)) if val is not None else None
     schedule = None
-    if target is not None and anneal:
-        ref = val if val is not None else train if framing is None else EqualFramed(train, max(framing.frames))
-        start = estimate(qnet, account, ref, 1000)[1]
-        schedule = annealed_targets(start, target, cfg.epochs)
+    if target is not None:
+        schedule = [target] * cfg.epochs
+        if anneal:
+            ref = val if val is not None else train if framing is None else EqualFramed(train, max(framing.frames))
+            schedule = annealed_targets(estimate(qnet, account, ref, 1000)[1], target, cfg.epochs)
+    gain = {"k": 1.0, "last": None}  # the target correction of ``control`` and the previous epoch's SynOps
+
+    def correct(epoch: int, row: dict) -> None:
+        s, last = row.get("synops", 0.0), gain["last"]
+        gain["last"] = s
+        settled = last is not None and s > 0 and abs(s / last - 1) < SETTLED
+        if schedule is not None and control > 0 and settled and schedule[epoch] == schedule[-1]:
+            gain["k"] = min(2.0, max(0.25, gain["k"] * (schedule[epoch] / s) ** control))
+
+    last = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+    if last is not None and last.exists():  # resuming: replay the correction of the finished epochs
+        for epoch, row in enumerate(load_checkpoint(last).get("history", [])):
+            correct(epoch, row)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if framing is None:
@@ -169,9 +194,16 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
     def epoch_start(epoch: int) -> None:
         gen.manual_seed(cfg.seed * 1000 + epoch)  # framings reproducible per epoch, also after a resume
         if schedule is not None:
-            loss_fn.target = schedule[epoch]
-            loss_fn.alpha = 1.0 / schedule[epoch] ** 2
+            loss_fn.target = schedule[epoch] * gain["k"]
+            loss_fn.alpha = 1.0 / loss_fn.target ** 2
+
+    def epoch_end(epoch: int, row: dict) -> None:
+        if schedule is not None:
+            row["scheduled_target"] = schedule[epoch]
+        correct(epoch, row)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
 
     history = fit(_Recorded(), train, val, cfg, extra_loss=extra_logged, checkpoint_dir=checkpoint_dir, desc=desc,
-                  on_epoch_end=on_epoch_end, on_epoch_start=epoch_start)
+                  on_epoch_end=epoch_end, on_epoch_start=epoch_start)
     return history.epochs

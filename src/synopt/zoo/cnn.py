@@ -169,6 +169,7 @@ def allconvnet(
     act: ActFactory = nn.ReLU,
     dropout: bool = True,
     width: float = 1.0,
+    batch_norm: bool = False,
 ) -> nn.Sequential:
     """All-ConvNet (Springenberg et al. 2014, All-CNN-C) as used by Sorbaro et al. 2020 (003_* §2.4.2)::
 
@@ -176,8 +177,10 @@ def allconvnet(
         C192k3s2p1-S-DO(.1)-C192k3p0-S-DO(.1)-C192k1-S-DO(.1)-C(n)k1-GAP
 
     No bias, no batch norm, 8 activation sites.  003_* puts a 20 % dropout on the input and a 10 % dropout after
-    every convolution (we leave it out after the output convolution).  ``width`` scales the 96/192 channels (a
-    CPU-budget variant; 1.0 is the paper's network).
+    every convolution (we leave it out after the output convolution).  ``width`` scales the 96/192 channels and
+    ``batch_norm=True`` puts a BN after every hidden convolution (CPU-budget variants: BN trains in a few epochs what
+    the plain net needs hundreds for, and conversion folds it into conv weights and biases; 1.0 / False is the
+    paper's network).
     """
     if not width > 0:
         raise ValueError(f"width must be positive, got {width}")
@@ -198,7 +201,7 @@ def allconvnet(
     cin = in_channels
     for cout, k, s, p in spec:
         cout = max(1, round(cout * width))
-        layers += [_conv(cin, cout, k, s, p), new_act(act)]
+        layers += [_conv(cin, cout, k, s, p), *([nn.BatchNorm2d(cout)] if batch_norm else []), new_act(act)]
         if dropout:
             layers.append(nn.Dropout(0.1))
         cin = cout

@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None)
     ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--reference", help="rows.json of an earlier run (e.g. the open-loop gain 0) to show next to "
+                                        "this one")
     args = ap.parse_args()
     import torch
 
@@ -136,6 +138,10 @@ def main() -> None:
             "events (they do not depend on the weights). 100 test samples: 1 sample = 1 point, so a 1.3-point "
             "difference is below the resolution of this test set (binomial s.e. about 3.5 points at 85%).\n\n"
             + summary(rows) + "\n" + table(rows))
+    if args.reference:
+        ref = json.loads(Path(args.reference).read_text())
+        body += (f"\nReference run `{args.reference}` (same ANNs and baselines; e.g. the open-loop target):\n\n"
+                 + summary(ref) + "\n" + table(ref))
     if not args.no_write:
         write_section("conversion-dvs", "Conversion on N-MNIST events (MNIST-DVS network)", body)
     print(body)

@@ -12,10 +12,11 @@ from torch.utils.data import TensorDataset
 from synopt import data, energy, zoo
 from synopt.cli import main
 from synopt.finetune.direct import (build_snn, direct_metrics, export_sinabs, fold_thresholds, init_from_ann,
-                                    load_folded, load_snn, measure, preset)
+                                    load_folded, load_snn, measure, preset, save_snn)
 from synopt.finetune.neuron import SURROGATES, SingleStepNeuron, ThresholdNeuron, heaviside, neuron_factory
 from synopt.finetune.penalty import Penalty, SpikeRecorder, scheduled_lambda, weight_decay_groups
 from synopt.finetune.train import TrainConfig, fit, make_optimizer
+from synopt.convert.to_sinabs import to_sinabs
 from synopt.simulate.run import simulate
 
 torch.set_num_threads(1)
@@ -257,7 +258,7 @@ def test_fold_negative_and_zero_gamma_identical_spikes():
     net.eval()
     fold = fold_thresholds(net)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fold.net.modules())
-    assert fold.negated and fold.constant and fold.exportable
+    assert fold.negated and fold.constant and not fold.polarity
     assert set(fold.negated) == {"0", "4", "9"}
     x = torch.randn(500, 2, 6, 6) * 2
     out_a, s_a = _spikes(net, x, (2, 6, 6))
@@ -271,7 +272,7 @@ def test_fold_negative_and_zero_gamma_identical_spikes():
     assert isinstance(net[1], nn.BatchNorm2d) and isinstance(net[2], SingleStepNeuron)
 
 
-def test_fold_after_residual_add_keeps_polarity_and_refuses_export():
+def test_fold_after_residual_add_keeps_polarity_and_exports_with_negated_synapses():
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
@@ -292,13 +293,27 @@ def test_fold_after_residual_add_keeps_polarity_and_refuses_export():
         net.bn.weight[2] = -0.7
     net.eval()
     fold = fold_thresholds(net)
-    assert "act" in fold.polarity and not fold.exportable
+    assert "act" in fold.polarity and fold.polarity["act"].flatten().tolist() == [1, 1, -1]
     x = torch.randn(300, 3, 5, 5)
     out_a, s_a = _spikes(net, x, (3, 5, 5))
     out_b, s_b = _spikes(fold.net, x, (3, 5, 5))
     assert torch.equal(s_a["act"], s_b["act"]) and torch.equal(out_a.argmax(1), out_b.argmax(1))
-    with pytest.raises(ValueError, match="negative batch-norm"):
-        export_sinabs(fold)
+    assert 0 < float(s_b["act"][:, 2].mean()) < 1  # the inverted channel fires on some inputs, not all
+    # the IF twin integrates -x against -θ' on channel 2 (every synapse into it negated): the same spikes
+    snn = export_sinabs(fold)
+    if_act = snn.body.act
+    assert if_act.input_sign.flatten().tolist() == [1, 1, -1]
+    seen = {}
+    hook = if_act.register_forward_hook(lambda _m, _i, o: seen.setdefault("act", o.detach().clone()))
+    with torch.no_grad():
+        current, _ = snn(x.unsqueeze(1))
+    hook.remove()
+    assert torch.equal(seen["act"], s_b["act"])
+    torch.testing.assert_close(current[:, 0], out_b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="±1"):
+        to_sinabs(fold.net, encoding="count", thresholds=dict(fold.thresholds), polarity={"act": torch.zeros(3)})
+    with pytest.raises(ValueError, match="unknown sites"):
+        to_sinabs(fold.net, encoding="count", polarity={"nope": torch.ones(3)})
 
 
 def test_fold_and_t1_sinabs_export_on_digits(digits, trained):
@@ -439,3 +454,26 @@ def test_direct_on_event_data_takes_collapsed_counts(data_root, tmp_path):
     assert "time-collapsed event counts" in m["input_note"]
     assert m["accounting"]["input_shape"] == [2, 34, 34]
     assert m["sinabs_t1"]["accuracy_equal"] and abs(m["sinabs_t1"]["synops_relative_difference"]) < 1e-9
+
+
+def test_preactresnet_with_inverted_neurons_exports_exactly(tmp_path):
+    """PreActResNet18: every BN after a residual addition gets negative γ channels; the folded net keeps them as
+    polarity -1 and the T = 1 IF export (negated synapses) gives the same accuracy and SynOps per layer."""
+    torch.manual_seed(0)
+    net = build_snn("preactresnet18", (3, 16, 16), 10)
+    _randomise_bn(net, torch.Generator().manual_seed(1), zero_beta_fire=False)
+    net.eval()
+    fold = fold_thresholds(net)
+    assert len(fold.polarity) >= 8 and sum(int((v < 0).sum()) for v in fold.polarity.values()) > 100
+    ds = TensorDataset(torch.rand(16, 3, 16, 16), torch.randint(0, 10, (16,)))
+    m = measure(fold.net, energy.analyze(fold.net, (3, 16, 16)), ds)
+    m_bn = measure(net, energy.analyze(net, (3, 16, 16)), ds)
+    sim = simulate(export_sinabs(fold), ds, 1, (3, 16, 16), progress=False)
+    assert torch.equal(m.predictions, m_bn.predictions) and m.synops_per_layer == m_bn.synops_per_layer
+    assert sim.accuracy == m.accuracy and sim.synops_per_layer == m.synops_per_layer and sim.synops > 0
+    source = {"kind": "zoo", "name": "preactresnet18",
+              "overrides": {"in_channels": 3, "input_size": [16, 16], "num_classes": 10}}
+    save_snn(tmp_path, fold, {"source": source, "input_shape": [3, 16, 16]})
+    reloaded, spec = load_snn(tmp_path)  # the polarity travels with the thresholds
+    assert spec["exportable"]
+    assert simulate(reloaded, ds, 1, (3, 16, 16), progress=False).synops_per_layer == sim.synops_per_layer

@@ -36,10 +36,14 @@ class IFSqueeze(sl.IAFSqueeze):
     """
 
     def __init__(self, spike_threshold: float | torch.Tensor = 1.0, single_spike: bool = False,
-                 min_v_mem: float | torch.Tensor | None = None, init_v_fraction: float = 0.0, num_timesteps: int = 1):
+                 min_v_mem: float | torch.Tensor | None = None, init_v_fraction: float = 0.0, num_timesteps: int = 1,
+                 input_sign: torch.Tensor | None = None):
         spike_fn = sinabs.activation.SingleSpike if single_spike else sinabs.activation.MultiSpike
         super().__init__(num_timesteps=num_timesteps, spike_threshold=_threshold_value(spike_threshold),
                          spike_fn=spike_fn, min_v_mem=None if min_v_mem is None else _threshold_value(min_v_mem))
+        # ±1 per neuron (broadcast to the per-sample shape): -1 negates every synapse into that neuron, the IF form
+        # of a neuron that fires for x <= θ (a folded negative BN γ after a residual addition, docs/direct.md)
+        self.register_buffer("input_sign", None if input_sign is None else torch.as_tensor(input_sign).clone())
         self.single_spike = single_spike
         self.init_v_fraction = float(init_v_fraction)
         self._v: torch.Tensor | None = None  # membrane of the inference path; None = start from the initial value
@@ -52,6 +56,8 @@ class IFSqueeze(sl.IAFSqueeze):
         t_steps = self.num_timesteps
         if t_steps is None or x.shape[0] % t_steps:
             raise ValueError(f"IFSqueeze needs num_timesteps dividing the batch axis; got {x.shape[0]} and {t_steps}")
+        if self.input_sign is not None:
+            x = x * self.input_sign.to(x.dtype)
         if torch.is_grad_enabled() and x.requires_grad:
             return super().forward(x)
         xs = x.reshape(x.shape[0] // t_steps, t_steps, *x.shape[1:])
@@ -155,14 +161,17 @@ def _threshold_value(value) -> float | torch.Tensor:
 
 def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str, float | torch.Tensor] = 1.0,
               single_spike: bool = False, min_v_mem: float | None = None, init_v_fraction: float = 0.0,
-              readout: str = "spikes", out_threshold: float = 1.0) -> SpikingNetwork:
+              readout: str = "spikes", out_threshold: float = 1.0,
+              polarity: Mapping[str, torch.Tensor] | None = None) -> SpikingNetwork:
     """Convert ``net`` (activation sites = ReLU/QReLU modules, BN folded) into a :class:`SpikingNetwork`.
 
     ``thresholds``: one value or ``{site name: θ}``, where θ is a number or a tensor broadcastable to the site's
     per-sample shape (per-neuron thresholds, e.g. ``[C, 1, 1]`` per channel; such layers run the torch IF loop
     instead of the numba kernel); ``min_v_mem``: lower bound of the membrane in units of the
     threshold (e.g. -1.0 means v >= -θ), None for unbounded; ``init_v_fraction``: initial membrane in units of θ
-    (0.5 starts at θ/2). Module names are kept, so ``synopt.energy`` counts the SNN with the ANN's fan-out.
+    (0.5 starts at θ/2); ``polarity``: ``{site name: ±1 tensor}`` for neurons that fire for x <= θ (the folded
+    direct route, ``ThresholdNeuron``): their IF neuron integrates -x against the threshold -θ, i.e. every synapse
+    into it is negated. Module names are kept, so ``synopt.energy`` counts the SNN with the ANN's fan-out.
     """
     body = copy.deepcopy(net).eval()
     sites = [(name, mod) for name, mod in body.named_modules() if energy.is_activation_site(mod)]
@@ -172,13 +181,23 @@ def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str,
         unknown = set(thresholds) - {n for n, _ in sites}
         if unknown:
             raise ValueError(f"thresholds given for unknown sites {sorted(unknown)}")
+    polarity = dict(polarity or {})
+    unknown = set(polarity) - {n for n, _ in sites}
+    if unknown:
+        raise ValueError(f"polarity given for unknown sites {sorted(unknown)}")
     for name, _ in sites:
         theta = thresholds.get(name, 1.0) if isinstance(thresholds, Mapping) else float(thresholds)
         theta = _threshold_value(theta)
+        sign = polarity.get(name)
+        if sign is not None:
+            sign = torch.as_tensor(sign)
+            if not bool(((sign == 1) | (sign == -1)).all()):
+                raise ValueError(f"polarity of {name} must be ±1 per neuron")
+            theta = sign * torch.as_tensor(theta)  # x <= θ  <=>  -x >= -θ
         v_min = None if min_v_mem is None else min_v_mem * theta
         parent_name, _, child = name.rpartition(".")
         parent = body.get_submodule(parent_name) if parent_name else body
-        setattr(parent, child, IFSqueeze(theta, single_spike, v_min, init_v_fraction))
+        setattr(parent, child, IFSqueeze(theta, single_spike, v_min, init_v_fraction, input_sign=sign))
     if isinstance(body, torch.fx.GraphModule):
         body.recompile()
     v_min_out = None if min_v_mem is None else min_v_mem * out_threshold

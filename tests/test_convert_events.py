@@ -204,3 +204,32 @@ def test_prefix_augmentation_collapses_the_first_k_time_bins(tmp_path):
         data.load("nmnist", tmp_path, augment="flip", val_size=0)
     with pytest.raises(data.DatasetError, match="representation='image'"):
         data.load("nmnist", tmp_path, augment="prefix", representation="frames", val_size=0)
+
+
+def test_count_coded_static_input_time_aware_estimate_equals_the_simulation():
+    """A QReLU net with biases on static images: the time-aware estimate on CountCoded(x, T) frames equals the
+    count-coded IF simulation (accuracy and SynOps), where the static QReLU estimate need not."""
+    from torch.utils.data import TensorDataset
+
+    from synopt.convert.temporal import CountCoded
+
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 8, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 4 * 4, 5))
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(3.0)
+                m.bias.uniform_(-0.5, 0.5)
+    qnet = qrelu_network(net)
+    x = torch.rand(64, 1, 8, 8) * 2
+    ds = TensorDataset(x, torch.randint(0, 5, (64,)))
+    account = energy.analyze(qnet.net, (1, 8, 8))
+    with pytest.raises(ValueError, match="T >= 1"):
+        CountCoded(ds, 0)
+    for steps in (1, 3, 7):
+        frames = CountCoded(ds, steps)
+        assert frames[0][0].shape == (steps, 1, 8, 8) and torch.allclose(frames[0][0].sum(0), x[0])
+        acc, syn, per_layer = estimate(qnet, account, frames)
+        sim = simulate(to_sinabs(qnet.net, encoding="count"), ds, steps, (1, 8, 8), progress=False)
+        assert acc == sim.accuracy and syn == pytest.approx(sim.synops, rel=1e-6)

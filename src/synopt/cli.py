@@ -169,7 +169,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                         batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
                         target_control=args.target_control, eval_samples=args.samples, init_v_fraction=args.init_v,
-                        min_v_mem=args.min_v_mem,
+                        min_v_mem=args.min_v_mem, temporal_qat=True if args.time_aware_qat else None,
                         single_spike=args.single_spike, percentile=args.percentile, frames=frames, seed=args.seed,
                         train_epochs=args.train_epochs, progress=not args.quiet,
                         maxpool="keep" if args.keep_maxpool else "avg", bias="remove" if args.remove_bias else "keep",
@@ -398,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--rho", type=float, help="first-layer scale (default: chosen automatically; with --method rho "
                                               "the sweep is 0.5,1,2,...,32 unless one value is given)")
     cv.add_argument("--no-calibrate", action="store_true", help="do not calibrate the SynOps onto the target")
+    cv.add_argument("--time-aware-qat", action="store_true",
+                    help="static images: QAT on count-coded input over T steps, so the loss sees the IF counts of the "
+                         "simulated SNN (T x slower QAT; on by default for event data)")
     cv.add_argument("--target-control", type=float, default=0.0, metavar="GAIN",
                     help="closed-loop QAT target: once the SynOps settle, lower the loss's S0 by (target/S)^GAIN per "
                          "epoch so the trained net lands on the target (e.g. 0.5; default 0: Eq. 2 as published)")

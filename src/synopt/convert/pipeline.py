@@ -24,7 +24,7 @@ from synopt import data, energy
 from synopt.convert.qat import QReLUNetwork, estimate, finetune, qrelu_network
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.source import ModelSource, keep_copy, load_model
-from synopt.convert.temporal import RandomFraming, exact_for
+from synopt.convert.temporal import CountCoded, RandomFraming, exact_for
 from synopt.convert.to_sinabs import to_sinabs
 from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
 from synopt.runs import RunDir, save_checkpoint, write_json
@@ -67,7 +67,8 @@ class ConvertConfig:
     train_lr: float = 3e-3
     train_samples: int | None = None  # a seeded subset of the training split (the sweep's shared budget)
     event_augment: str | None = "prefix"  # event datasets: augmentation of the training images (None: none)
-    temporal_qat: bool | None = None  # event datasets: time-aware QAT (None: on when exact for the neuron options)
+    temporal_qat: bool | None = None  # time-aware QAT (None: on for event data when exact for the neuron options;
+    #                                   True on static images: QAT on count-coded input over T steps)
     fine_bins: int = 30  # time-aware QAT: every recording as this many time bins, cut into random frames
     extra_timesteps: list[int] = field(default_factory=list)  # static data: also simulate every point at these T
     qat_frames: list[int] | None = None  # time-aware QAT: frame counts drawn per recording (None: the simulated
@@ -118,9 +119,8 @@ def _train_split(cfg: ConvertConfig, **opts):
 
 
 def _use_temporal_qat(cfg: ConvertConfig, is_event: bool) -> bool:
+    """Time-aware QAT: on by default for event data (when exact), opt-in for static images (count coding)."""
     exact = exact_for(cfg.single_spike, cfg.min_v_mem, cfg.init_v_fraction)
-    if cfg.temporal_qat and not is_event:
-        raise ValueError(f"temporal_qat needs an event dataset; {cfg.dataset!r} is static (leave it unset)")
     if cfg.temporal_qat and not exact:
         raise ValueError("temporal_qat models multi-spike IF neurons with threshold 1, membrane from 0 and no lower "
                          "bound; drop single_spike / min_v_mem / init_v_fraction or set temporal_qat=False")
@@ -255,6 +255,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     # SynOp estimates are taken on what the SNN sees: images, or event frames (time-aware, temporal.py)
     est_val = Subset(sim_splits.val, range(min(cfg.estimate_samples, len(sim_splits.val)))) if splits.is_event else val
     temporal = _use_temporal_qat(cfg, splits.is_event)
+    static_temporal = temporal and not splits.is_event
+    if static_temporal:  # the estimates, rho choice and calibration run the IF dynamics of count coding too
+        est_val = CountCoded(val, cfg.timesteps)
     exact = exact_for(cfg.single_spike, cfg.min_v_mem, cfg.init_v_fraction)
     if splits.is_event:
         if cfg.event_augment and cfg.train_epochs > 0:
@@ -294,7 +297,13 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         metrics["rho"], metrics["rho_trials"] = rho, trials
         qnet = qrelu_network(ann, rho)
         qat_train, qat_val, framing = train_images, splits.val, None
-        if temporal:
+        if static_temporal:
+            framing = RandomFraming(cfg.timesteps, (cfg.timesteps,))  # T bins into T frames: the count coding
+            qat_train, qat_val = CountCoded(train_images, cfg.timesteps), CountCoded(splits.val, cfg.timesteps)
+            metrics["temporal_qat"] = {"count_coded_steps": cfg.timesteps}
+            notes.append(f"static images: time-aware QAT on count-coded input (x/T over T = {cfg.timesteps} steps); "
+                         "the loss and the estimates see the IF counts of the simulated network")
+        elif temporal:
             framing = _random_framing(cfg, sim_splits)
             qat_train, qat_val = _train_split(cfg, representation="frames", n_time_bins=framing.fine_bins)
             shares = {t: framing.frames.count(t) / len(framing.frames) for t in sorted(set(framing.frames))}
@@ -335,6 +344,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             if splits.is_event:
                 img_acc, img_syn, _ = estimate(qnet_cal, account, splits.test, n_eval)
                 point.update({"qrelu_image_accuracy": img_acc, "qrelu_image_synops": img_syn})
+            if static_temporal:
+                ta_acc, ta_syn, _ = estimate(qnet_cal, account, CountCoded(splits.test, cfg.timesteps), n_eval)
+                point.update({"qrelu_time_aware_accuracy": ta_acc, "qrelu_time_aware_synops": ta_syn})
             res = _sim(qnet_cal.net, "count", sim_splits, cfg, shape)
             metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn,
                                             at_timesteps=_at_timesteps(qnet_cal.net, "count", sim_splits, cfg, shape),

@@ -136,3 +136,21 @@ class EqualFramed(Dataset):
     def __getitem__(self, i: int):
         x, y = self.data[i][:2]
         return equal_framing(x[None], self.steps)[0], y
+
+
+class CountCoded(Dataset):
+    """Static images as the SNN receives them under count coding: ``[C, H, W]`` -> ``T`` equal frames ``x / T``
+    (``[T, C, H, W]``), so the time-aware estimate and QAT see the IF dynamics of the simulated network."""
+
+    def __init__(self, data: Dataset, steps: int):
+        if steps < 1:
+            raise ValueError(f"count coding needs T >= 1 steps, got {steps}")
+        self.data, self.steps = data, steps
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        x, y = self.data[i][:2]
+        x = torch.as_tensor(x, dtype=torch.float32)
+        return (x / self.steps).unsqueeze(0).expand(self.steps, *x.shape).contiguous(), y

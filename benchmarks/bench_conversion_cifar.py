@@ -115,8 +115,9 @@ def main() -> None:
     best_ratio = max((r[4] for r in rows if math.isfinite(r[4])), default=math.nan)
     lowest = min(within, key=lambda r: r[1]) if within else None
     n_test = m_rho["points"][0].get("samples", args.eval_samples)
+    bn_note = " and BN (folded before conversion)" if args.batch_norm else ""
     lines = [
-        f"CIFAR-10, All-ConvNet with channel width x{args.width:g}{' and BN (folded before conversion)' if args.batch_norm else ''} ({macs:,} MACs; the paper's x1 net has "
+        f"CIFAR-10, All-ConvNet with channel width x{args.width:g}{bn_note} ({macs:,} MACs; the paper's x1 net has "
         f"270,798,336 here), ANN trained {args.ann_epochs} epochs on {args.train_samples:,} images (random crop + "
         f"flip, Adam 1e-3, cosine): test accuracy {100 * ann_acc:.2f}%. SNNs simulated T = {args.timesteps} steps, "
         f"count coding, first {n_test:,} test images. QAT: {args.qat_epochs} epoch(s) per point on "

@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--train-epochs", type=int, default=150)
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--target-control", type=float, default=0.0, help="closed-loop QAT target gain (0: off)")
+    ap.add_argument("--target-control", type=float, default=None,
+                    help="closed-loop QAT target gain (0: off; default: the pipeline's, 0.5 on event data)")
     ap.add_argument("--cut", type=float, default=6.0, help="QAT target = baseline SNN SynOps / cut")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the event variant")
     ap.add_argument("--image-seeds", type=int, nargs="*", default=[0], help="seeds of the image (pre-fix) variant")
@@ -126,10 +127,11 @@ def main() -> None:
     runs = [("event", s) for s in args.seeds] + [("image", s) for s in args.image_seeds]
     rows = [r for v, s in runs for r in run_variant(v, work, root, s, args)]
     (work / "rows.json").write_text(json.dumps(rows, indent=1))
+    gain = "0.5 (the default)" if args.target_control is None else format(args.target_control, "g")
     body = (f"N-MNIST (real recordings; 900 train / 100 validation / 100 test), zoo `mnistdvs` at 2x34x34, ANN trained "
             f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}, target = baseline SNN SynOps / "
-            f"{args.cut:g}; closed-loop target gain {args.target_control:g}; {args.threads} torch thread(s). Variants: **event** = the pipeline's defaults for event "
-            "data (ANN on prefix-augmented images, time-aware QAT on random framings of 30 time bins into the "
+            f"{args.cut:g}; closed-loop target gain {gain}; {args.threads} torch thread(s). Variants: **event** = "
+            "the pipeline's defaults for event data (ANN on prefix-augmented images, time-aware QAT on random framings of 30 time bins into the "
             "simulated framing's frame counts, rho choice and calibration on the time-aware estimate of the "
             "simulated framing); **image** = ANN and QAT on whole-recording images as before the fix (estimates and "
             "calibration still on the simulated framing). *Image estimate*: the QReLU network on the collapsed test "

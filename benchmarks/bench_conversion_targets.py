@@ -32,14 +32,17 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--timesteps", type=int, default=10)
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--ann", help="reuse this digitsnet checkpoint (e.g. target0/source/ann.pt of an earlier run)")
+    ap.add_argument("--time-aware-qat", action="store_true", help="QAT on count-coded input (convert --time-aware-qat)")
+    ap.add_argument("--section", default="conversion-targets", help="docs/benchmarks.md section to write")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="synopt-bench-"))
     root = work / "data"
     subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
     common = ["--dataset", "fashion-mnist", "--data-root", str(root), "--epochs", str(args.epochs), "--lr", "3e-3",
-              "--timesteps", str(args.timesteps)]
+              "--timesteps", str(args.timesteps), *(["--time-aware-qat"] if args.time_aware_qat else [])]
     rows = []
-    ann = None
+    ann = Path(args.ann) if args.ann else None
     for i, target in enumerate(args.targets.split(",")):
         out = work / f"target{i}"
         src = ["--model", "digitsnet", "--input", "1x28x28"]
@@ -51,12 +54,14 @@ def main() -> None:
         rows.append({"target": float(target), "sim_synops": p["sim_synops"], "qrelu_synops": p["qrelu_synops"],
                      "sim_acc": p["sim_accuracy"], "qrelu_acc": p["qrelu_accuracy"], "ann_acc": m["ann_accuracy"],
                      "baseline_acc": m["baseline"]["sim_accuracy"], "baseline_synops": m["baseline"]["sim_synops"],
-                     "c": p.get("calibration_scale"), "macs": m["macs"]})
+                     "c": p.get("calibration_scale"), "macs": m["macs"],
+                     "ta_acc": p.get("qrelu_time_aware_accuracy"), "ta_synops": p.get("qrelu_time_aware_synops")})
         print(json.dumps(rows[-1]))
     r0 = rows[0]
     body = (f"Fashion-MNIST, zoo `digitsnet` at 1x28x28 ({r0['macs']:,} MACs), ANN trained {args.train_epochs} epochs "
             f"(test accuracy {100 * r0['ann_acc']:.2f}%), "
-            f"QAT {args.epochs} epochs per target, T = {args.timesteps}, count coding, full test set (10,000) "
+            f"QAT {args.epochs} epochs per target{' (time-aware: on count-coded input)' if args.time_aware_qat else ''}, "
+            f"T = {args.timesteps}, count coding, full test set (10,000) "
             f"simulated in sinabs. Baseline SNN (plain weights, θ = 1): {100 * r0['baseline_acc']:.2f}% at "
             f"{r0['baseline_synops']:,.0f} SynOps.\n\n"
             "| target S0 | simulated SynOps | vs target | QReLU estimate | estimate vs sim | SNN acc | QReLU acc | "
@@ -66,7 +71,12 @@ def main() -> None:
                  f"{r['qrelu_synops']:,.0f} | {100 * (r['qrelu_synops'] / r['sim_synops'] - 1):+.2f}% | "
                  f"{100 * r['sim_acc']:.2f}% | {100 * r['qrelu_acc']:.2f}% | {100 * (r['sim_acc'] - r['qrelu_acc']):+.2f} | "
                  f"{r['c']:.3f} |\n")
-    write_section("conversion-targets", "Conversion: SynOp-target adherence and ANN estimate vs simulation", body)
+    if args.time_aware_qat:
+        body += ("\nTime-aware estimate (the QReLU network run on the count-coded frames, `temporal.py`) vs the SNN: "
+                 + "; ".join(f"{r['target']:,.0f}: {100 * r['ta_acc']:.2f}% / {r['ta_synops']:,.0f} SynOps"
+                             for r in rows) + "\n")
+    title = "Conversion: SynOp-target adherence and ANN estimate vs simulation"
+    write_section(args.section, title + (" (time-aware QAT)" if args.time_aware_qat else ""), body)
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ def test_simulate_reloads_the_snn(run_dir, tmp_path):
     (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--target-fraction", "0.5", "--out", "OUT"],
      "one of --target-synops"),
     (["convert", "--model", "digitsnet", "--target-fraction", "1.5", "--out", "OUT"], "(0, 1]"),
+    (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--target-control", "2", "--out", "OUT"],
+     "gain in [0, 1]"),
 ])
 def test_convert_user_errors(args, needle, tmp_path):
     args = [str(tmp_path / "o") if a == "OUT" else a for a in args]

@@ -401,9 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--time-aware-qat", action="store_true",
                     help="static images: QAT on count-coded input over T steps, so the loss sees the IF counts of the "
                          "simulated SNN (T x slower QAT; on by default for event data)")
-    cv.add_argument("--target-control", type=float, default=0.0, metavar="GAIN",
+    cv.add_argument("--target-control", type=float, metavar="GAIN",
                     help="closed-loop QAT target: once the SynOps settle, lower the loss's S0 by (target/S)^GAIN per "
-                         "epoch so the trained net lands on the target (e.g. 0.5; default 0: Eq. 2 as published)")
+                         "epoch so the trained net lands on the target (default: 0.5 on event data, 0 = Eq. 2 as "
+                         "published on static images)")
     cv.add_argument("--samples", type=int, help="test samples to simulate (default: all)")
     cv.add_argument("--init-v", type=float, default=0.0, help="initial membrane in units of the threshold (0.5: θ/2)")
     cv.add_argument("--min-v-mem", type=float, help="lower bound of the membrane in units of the threshold, e.g. -1")

@@ -31,6 +31,7 @@ from synopt.runs import RunDir, save_checkpoint, write_json
 from synopt.simulate.run import SimResult, simulate
 
 RHO_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+EVENT_TARGET_CONTROL = 0.5  # default closed-loop target gain on event data (docs/benchmarks.md, conversion-dvs)
 
 
 @dataclass
@@ -52,7 +53,8 @@ class ConvertConfig:
     rhos: list[float] = field(default_factory=lambda: list(RHO_GRID))
     calibrate: bool = True
     calibration_tolerance: float = 0.02
-    target_control: float = 0.0  # >0: closed-loop QAT target (qat.finetune ``control``; docs/conversion.md)
+    target_control: float | None = None  # closed-loop QAT target gain (qat.finetune ``control``; docs/conversion.md);
+    #                                       None: 0.5 on event data, 0 (Eq. 2 as published) on static images
     eval_samples: int | None = None  # test samples simulated (None: all)
     estimate_samples: int = 2000
     init_v_fraction: float = 0.0
@@ -218,7 +220,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         raise ValueError(f"--target-fraction must be in (0, 1], got {cfg.target_fraction:g}")
     if cfg.target_synops is not None and not cfg.target_synops > 0:
         raise ValueError(f"--target-synops must be positive, got {cfg.target_synops:g}")
-    if not 0 <= cfg.target_control <= 1:
+    if cfg.target_control is not None and not 0 <= cfg.target_control <= 1:
         raise ValueError(f"--target-control is a gain in [0, 1] (0: off, 0.5 a good start), got {cfg.target_control:g}")
     if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
         raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
@@ -324,11 +326,14 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             notes.append(f"first target {first:,.0f} SynOps = {cfg.target_fraction:g} x {start:,.0f} (the QReLU "
                          f"network at rho = {rho:g})")
         targets = [first / 2 ** i for i in range(max(cfg.schedule_points, 1))]
+        gain = cfg.target_control if cfg.target_control is not None else (
+            EVENT_TARGET_CONTROL if splits.is_event else 0.0)
+        metrics["target_control"] = gain
         for i, target in enumerate(targets):
             label = f"target={target:.4g}"
             hist = finetune(qnet, qat_train, qat_val, train_cfg, shape, target=target,
                             checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}", framing=framing,
-                            control=cfg.target_control)
+                            control=gain)
             point = {"target": target, "history": hist}
             if cfg.calibrate:
                 qnet_cal, c, syn = calibrate(qnet, account, est_val, target, cfg.estimate_samples,

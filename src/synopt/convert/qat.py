@@ -195,7 +195,7 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
         gen.manual_seed(cfg.seed * 1000 + epoch)  # framings reproducible per epoch, also after a resume
         if schedule is not None:
             loss_fn.target = schedule[epoch] * gain["k"]
-            loss_fn.alpha = 1.0 / loss_fn.target ** 2
+            loss_fn.alpha = alpha if alpha is not None else 1.0 / loss_fn.target ** 2  # Eq. 2: alpha = 1/S0^2
 
     def epoch_end(epoch: int, row: dict) -> None:
         if schedule is not None:

@@ -261,3 +261,25 @@ def test_closed_loop_target_resumes_with_the_same_correction(tmp_path):
     _, resumed = _digits_qat(0.5, 5, checkpoint_dir=tmp_path)
     assert len(resumed) == 5 and full[3]["target"] < full[0]["target"]
     assert resumed[3]["target"] == pytest.approx(full[3]["target"], rel=1e-6)  # replayed from the history
+
+
+def test_qrelu_network_drops_the_dropout_before_the_last_activation():
+    """All-ConvNet: input dropout and the dropout after each of the first 7 QReLUs go (they bias the floor during
+    QAT); the one after the last QReLU, before the output conv, stays. The network is unchanged at eval."""
+    from synopt import zoo
+    from synopt.convert.qat import qrelu_network
+    from synopt.graph import prepare
+
+    torch.manual_seed(0)
+    ann = prepare(zoo.build("allconvnet", width=0.125, batch_norm=True).eval())[0]
+    n_drop = sum(isinstance(m, nn.Dropout) for m in ann.modules())
+    qnet = qrelu_network(ann, rho=2.0)
+    assert n_drop == 9 and len(qnet.dropout_removed) == 8
+    kept = [n for n, m in qnet.net.named_modules() if isinstance(m, nn.Dropout)]
+    assert len(kept) == 1 and kept[0] not in qnet.dropout_removed
+    x = torch.rand(8, 3, 32, 32)
+    qnet.eval()
+    torch.testing.assert_close(qnet(x), qrelu_network(ann, rho=2.0).eval()(x))
+    # a plain Sequential with dropout only after the last activation keeps it
+    seq = qrelu_network(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2)))
+    assert seq.dropout_removed == [] and isinstance(seq.net[2], nn.Dropout)

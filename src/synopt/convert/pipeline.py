@@ -298,6 +298,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                                                                evaluate(ann, val), collate_fn=sim_splits.collate_fn)
         metrics["rho"], metrics["rho_trials"] = rho, trials
         qnet = qrelu_network(ann, rho)
+        if qnet.dropout_removed:
+            notes.append(f"QAT without the {len(qnet.dropout_removed)} dropout layer(s) before the last activation "
+                         "site (inverted dropout biases the QReLU floor; docs/conversion.md)")
         qat_train, qat_val, framing = train_images, splits.val, None
         if static_temporal:
             framing = RandomFraming(cfg.timesteps, (cfg.timesteps,))  # T bins into T frames: the count coding

@@ -90,14 +90,15 @@ def main() -> None:
     lines = [
         f"Fashion-MNIST, CNN7, {args.train_samples:,} training images (seeded subset) x {args.epochs} epochs, batch "
         f"100, Adam, cosine, lambda_WD 1e-4, seed {args.seed}, {args.threads} torch thread(s); validation split "
-        "6,000 images (selects the rate), full test set (10,000). S2NN: alpha 0.25, tau 0.6, no penalty.",
+        "6,000 images (selects the rate), full test set (10,000). S2NN: alpha 0.25, tau 0.6, no penalty. "
+        f"Rates run: ReLU {grid['ReLU']}, S2NN {grid['S2NN']}.",
         "",
         "| lr | ReLU val | ReLU test | S2NN val | S2NN test | gap (test) |",
         "|---|---|---|---|---|---|",
         *[f"| {lr:g} | {cell('ReLU', lr, 'val')} | {cell('ReLU', lr, 'test')} | {cell('S2NN', lr, 'val')} | "
           f"{cell('S2NN', lr, 'test')} | {gap_cell(lr)} |" for lr in lrs],
         "",
-        f"- rate chosen on validation (among the rates run): ReLU {best['ReLU']:g}, S2NN {best['S2NN']:g}; test accuracy ReLU "
+        f"- rate {'chosen on validation' if max(map(len, grid.values())) > 1 else 'given (one per route)'}: ReLU {best['ReLU']:g}, S2NN {best['S2NN']:g}; test accuracy ReLU "
         f"{100 * runs['ReLU'][best['ReLU']]['test']:.2f}% vs S2NN {100 * runs['S2NN'][best['S2NN']]['test']:.2f}%: "
         f"gap {gap:.2f} pt ({'within' if gap <= 1.5 else 'NOT within'} the issue's 1.5 pt)",
     ]

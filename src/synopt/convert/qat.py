@@ -16,6 +16,7 @@ from synopt import energy
 from synopt.convert.qrelu import OutputQReLU, QReLU, swap_activations
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.temporal import EqualFramed, RandomFraming, temporal_current, temporal_scores
+from synopt.finetune.sites import set_module
 from synopt.finetune.train import TrainConfig, fit
 from synopt.runs import load_checkpoint
 
@@ -63,8 +64,7 @@ def drop_inner_dropout(net: nn.Module) -> list[str]:
     last = max((i for i, name in enumerate(order) if isinstance(modules.get(name), QReLU)), default=-1)
     names = [name for name in order[:last] if isinstance(modules.get(name), nn.modules.dropout._DropoutNd)]
     for name in names:
-        parent, _, child = name.rpartition(".")
-        setattr(net.get_submodule(parent) if parent else net, child, nn.Identity())
+        set_module(net, name, nn.Identity())
     return names
 
 

@@ -177,14 +177,11 @@ def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str,
     sites = [(name, mod) for name, mod in body.named_modules() if energy.is_activation_site(mod)]
     if not sites:
         raise ValueError("the network has no activation sites (ReLU/QReLU modules) to turn into IF neurons")
-    if isinstance(thresholds, Mapping):
-        unknown = set(thresholds) - {n for n, _ in sites}
-        if unknown:
-            raise ValueError(f"thresholds given for unknown sites {sorted(unknown)}")
     polarity = dict(polarity or {})
-    unknown = set(polarity) - {n for n, _ in sites}
-    if unknown:
-        raise ValueError(f"polarity given for unknown sites {sorted(unknown)}")
+    for what, given in (("thresholds", thresholds if isinstance(thresholds, Mapping) else {}), ("polarity", polarity)):
+        unknown = set(given) - {n for n, _ in sites}
+        if unknown:
+            raise ValueError(f"{what} given for unknown sites {sorted(unknown)}")
     for name, _ in sites:
         theta = thresholds.get(name, 1.0) if isinstance(thresholds, Mapping) else float(thresholds)
         theta = _threshold_value(theta)

@@ -120,10 +120,15 @@ def export_sinabs(fold: FoldResult):
     the single-step network.  ``simulate(snn, data, timesteps=1, input_shape)`` then reproduces the folded network's
     predictions and spikes exactly.
     """
+    return _t1_network(fold.net, fold.thresholds, fold.polarity)
+
+
+def _t1_network(net: nn.Module, thresholds: dict[str, torch.Tensor], polarity: dict[str, torch.Tensor]):
+    """The T = 1 IF network of a folded net: per-neuron thresholds, single spike, current readout."""
     from synopt.convert.to_sinabs import to_sinabs
 
-    return to_sinabs(fold.net, encoding="count", thresholds=dict(fold.thresholds), single_spike=True,
-                     readout="current", polarity=dict(fold.polarity))
+    return to_sinabs(net, encoding="count", thresholds=dict(thresholds), single_spike=True, readout="current",
+                     polarity=dict(polarity))
 
 
 def save_snn(folder: str | Path, fold: FoldResult, spec: dict) -> None:
@@ -164,11 +169,7 @@ def load_folded(folder: str | Path) -> tuple[nn.Module, dict, dict[str, torch.Te
 
 def load_snn(folder: str | Path):
     """The exported T = 1 sinabs network of a direct run's ``snn/`` folder, and its spec."""
-    from synopt.convert.to_sinabs import to_sinabs
-
     net, spec, thresholds = load_folded(folder)
     polarity = {name: mod.polarity for name, mod in net.named_modules()
                 if isinstance(mod, ThresholdNeuron) and mod.polarity is not None}
-    snn = to_sinabs(net, encoding="count", thresholds=thresholds, single_spike=True, readout="current",
-                    polarity=polarity)
-    return snn, spec
+    return _t1_network(net, thresholds, polarity), spec

@@ -55,6 +55,15 @@ def main() -> None:
                     "--train-samples)")
     ap.add_argument("--ann-epochs", type=int, default=6)
     ap.add_argument("--qat-epochs", type=int, default=1)
+    ap.add_argument("--qat-lr", type=float, default=1e-4)
+    ap.add_argument("--target-control", type=float, default=None,
+                    help="closed-loop QAT target gain (default: the pipeline's, 0 = Eq. 2 as published on images)")
+    ap.add_argument("--time-aware-qat", action="store_true",
+                    help="QAT, rho choice and calibration on count-coded input (T x the cost; exact IF counts)")
+    ap.add_argument("--time-aware-epochs", type=int, default=None,
+                    help="with --time-aware-qat: only the last N QAT epochs of each point time-aware")
+    ap.add_argument("--qat-dir", default="qrelu", help="folder under --work for the QAT run (reuse ANN and rho)")
+    ap.add_argument("--section", default="conversion-cifar", help="docs/benchmarks.md section key")
     ap.add_argument("--points", type=int, default=5)
     ap.add_argument("--eval-samples", type=int, default=1000)
     ap.add_argument("--rhos", default="1,2,4,8,16,32")
@@ -102,26 +111,35 @@ def main() -> None:
     # step 3: a rho whose SNN has SynOps > MACs (the most accurate such one), target = half its SynOps
     above = [p for p in m_rho["points"] if p["sim_synops"] > macs] or m_rho["points"]
     start = max(above, key=lambda p: (p["sim_accuracy"], -p["sim_synops"]))
-    q_dir = work / "qrelu"
+    q_dir = work / args.qat_dir
     m_q = (json.loads((q_dir / "metrics.json").read_text()) if (q_dir / "metrics.json").is_file() else
-           run_conversion(ConvertConfig(out=str(q_dir), method="qrelu", rho=start["rho"], lr=1e-4,
+           run_conversion(ConvertConfig(out=str(q_dir), method="qrelu", rho=start["rho"], lr=args.qat_lr,
                                         target_synops=start["sim_synops"] / 2, schedule_points=args.points,
-                                        **common)))
+                                        target_control=args.target_control,
+                                        temporal_qat=True if args.time_aware_qat else None,
+                                        temporal_epochs=args.time_aware_epochs, **common)))
     rows = []
     for p in m_q["points"]:
         need = synops_at_accuracy(curve, p["sim_accuracy"])
-        rows.append((p["target"], p["sim_synops"], p["sim_accuracy"], need, need / p["sim_synops"]))
+        rows.append((p["target"], p["sim_synops"], p["sim_accuracy"], need, need / p["sim_synops"],
+                     p["qrelu_accuracy"], p.get("calibration_scale", 1.0)))
     within = [r for r in rows if r[2] >= ann_acc - 0.01]
     best_ratio = max((r[4] for r in rows if math.isfinite(r[4])), default=math.nan)
     lowest = min(within, key=lambda r: r[1]) if within else None
     n_test = m_rho["points"][0].get("samples", args.eval_samples)
+    ta_note = ""
+    if args.time_aware_qat:
+        ta_note = (f", the last {args.time_aware_epochs} epoch(s) of each point time-aware on count-coded input"
+                   if args.time_aware_epochs else ", time-aware on count-coded input")
     bn_note = " and BN (folded before conversion)" if args.batch_norm else ""
     lines = [
         f"CIFAR-10, All-ConvNet with channel width x{args.width:g}{bn_note} ({macs:,} MACs; the paper's x1 net has "
         f"270,798,336 here), ANN trained {args.ann_epochs} epochs on {args.train_samples:,} images (random crop + "
         f"flip, Adam 1e-3, cosine): test accuracy {100 * ann_acc:.2f}%. SNNs simulated T = {args.timesteps} steps, "
         f"count coding, first {n_test:,} test images. QAT: {args.qat_epochs} epoch(s) per point on "
-        f"{args.qat_samples or args.train_samples:,} training images (lr 1e-4), "
+        f"{args.qat_samples or args.train_samples:,} training images (lr {args.qat_lr:g}"
+        f"{ta_note}; closed-loop target gain "
+        f"{m_q.get('target_control', 0):g}), "
         f"starting from rho = {start['rho']:g} (SNN {100 * start['sim_accuracy']:.2f}% at {start['sim_synops']:,.0f} "
         f"SynOps), target halved {args.points - 1} times.",
         "",
@@ -134,12 +152,13 @@ def main() -> None:
         "",
         "QReLU + SynOp loss:",
         "",
-        "| target | SNN SynOps | SynOps / MACs | SNN acc | rho curve needs at this acc | ratio |",
-        "|---|---|---|---|---|---|",
-        *[f"| {t:,.0f} | {s:,.0f} | {s / macs:.3f} | {100 * a:.2f}% | "
+        "| target | calibration c | QReLU estimate acc | SNN SynOps | SynOps / MACs | SNN acc | "
+        "rho curve needs at this acc | ratio |",
+        "|---|---|---|---|---|---|---|---|",
+        *[f"| {t:,.0f} | {c:.2f} | {100 * e:.2f}% | {s:,.0f} | {s / macs:.3f} | {100 * a:.2f}% | "
           f"{'never reached' if not math.isfinite(n) else f'{n:,.0f}'} | "
           f"{'>' + format(max(c[0] for c in curve) / s, '.1f') + 'x' if not math.isfinite(n) else f'{r:.1f}x'} |"
-          for t, s, a, n, r in rows],
+          for t, s, a, n, r, e, c in rows],
         "",
         f"- SynOp-loss curve vs rho curve at equal accuracy: best ratio {best_ratio:.1f}x "
         f"({'meets' if best_ratio >= 10 else 'does NOT meet'} the >= 10x of section 3.2.2).",
@@ -148,8 +167,10 @@ def main() -> None:
          f"({'meets' if lowest[1] <= 0.42 * macs else 'does NOT meet'} <= 0.42 x MACs)") if lowest else
         f"- no QReLU point stays within 1 point of the ANN ({100 * ann_acc:.2f}%): the <= 0.42 x MACs target is NOT met",
     ]
-    write_section("conversion-cifar", "Conversion: CIFAR-10 All-ConvNet, SynOp loss vs first-layer scaling",
-                  "\n".join(lines))
+    title = "Conversion: CIFAR-10 All-ConvNet, SynOp loss vs first-layer scaling"
+    if args.time_aware_qat:
+        title += " (time-aware QAT)"
+    write_section(args.section, title, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -88,17 +88,22 @@ def table(rows: list[dict]) -> str:
 
 
 def summary(rows: list[dict]) -> str:
-    out = ("| variant | framing | seeds | baseline SNN acc | QAT SNN acc | acc change | SNN SynOp cut | "
-           "issue target met (cut >= 6x, loss <= 1.3 pt) |\n|---|---|---|---|---|---|---|---|\n")
+    out = ("| variant | framing | seeds | baseline SNN acc | QAT SNN acc | acc change (± s.e. over seeds) | "
+           "per-seed change | SNN SynOp cut (lowest) | issue target met (cut >= 6x, loss <= 1.3 pt) |\n"
+           "|---|---|---|---|---|---|---|---|---|\n")
     keys = sorted({(r["variant"], r["framing"]) for r in rows}, key=lambda k: (k[0] != "event", k[1]))
     for variant, framing in keys:
         rs = [r for r in rows if r["variant"] == variant and r["framing"] == framing]
         base = statistics.mean(r["base_acc"] for r in rs)
         qat = statistics.mean(r["qat_acc"] for r in rs)
         cut = statistics.mean(r["base_synops"] / r["qat_synops"] for r in rs)
+        change = [100 * (r["qat_acc"] - r["base_acc"]) for r in rs]
+        se = f" ± {statistics.stdev(change) / len(rs) ** 0.5:.1f}" if len(rs) > 1 else ""
+        lowest = min(r["base_synops"] / r["qat_synops"] for r in rs)
         met = cut >= 6 and 100 * (base - qat) <= 1.3
         out += (f"| {variant} | {framing} | {len(rs)} | {100 * base:.1f}% | {100 * qat:.1f}% | "
-                f"{100 * (qat - base):+.1f} pt | {cut:.2f}x | {'yes' if met else 'no'} |\n")
+                f"{100 * (qat - base):+.1f}{se} pt | {' / '.join(f'{c:+.0f}' for c in change)} | {cut:.2f}x "
+                f"({lowest:.2f}x) | {'yes' if met else 'no'} |\n")
     return out
 
 

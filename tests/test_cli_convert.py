@@ -58,6 +58,10 @@ def test_simulate_reloads_the_snn(run_dir, tmp_path):
     (["convert", "--model", "digitsnet", "--target-fraction", "1.5", "--out", "OUT"], "(0, 1]"),
     (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--target-control", "2", "--out", "OUT"],
      "gain in [0, 1]"),
+    (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--epochs", "2", "--time-aware-qat",
+      "--time-aware-epochs", "3", "--out", "OUT"], "between 1 and --epochs (2)"),
+    (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--time-aware-epochs", "1", "--out", "OUT"],
+     "add --time-aware-qat"),
 ])
 def test_convert_user_errors(args, needle, tmp_path):
     args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
@@ -142,16 +146,22 @@ def test_target_fraction_halves_the_starting_synops(tmp_path):
     assert m["points"][0]["sim_synops"] == pytest.approx(start / 2, rel=0.1)  # calibrated onto the target
 
 
-def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path):
+@pytest.mark.parametrize("time_aware_epochs", [None, 1])
+def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path, time_aware_epochs):
     """--time-aware-qat on static images: QAT, rho choice and calibration run the count-coded IF dynamics
-    (temporal.CountCoded), so the time-aware estimate on the test images equals the sinabs simulation exactly."""
+    (temporal.CountCoded), so the time-aware estimate on the test images equals the sinabs simulation exactly;
+    with --time-aware-epochs 1 only the last epoch of the point is time-aware, the first trains the static QReLU."""
     out = tmp_path / "run"
+    extra = ["--time-aware-epochs", str(time_aware_epochs)] if time_aware_epochs else []
     assert main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "6",
                  "--target-synops", "6e4", "--epochs", "2", "--lr", "1e-2", "--timesteps", "4", "--samples", "150",
-                 "--time-aware-qat", "--out", str(out), "--quiet"]) == 0
+                 "--time-aware-qat", *extra, "--out", str(out), "--quiet"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     p = m["points"][0]
-    assert m["temporal_qat"] == {"count_coded_steps": 4}
+    assert m["temporal_qat"] == {"count_coded_steps": 4, **({"epochs": 1} if time_aware_epochs else {})}
     assert p["qrelu_time_aware_accuracy"] == p["sim_accuracy"]
     assert p["qrelu_time_aware_synops"] == pytest.approx(p["sim_synops"], rel=1e-6)
-    assert p["history"][0]["synops"] > 0
+    assert [row["time_aware"] for row in p["history"]] == ([False, True] if time_aware_epochs else [True, True])
+    assert all(row["synops"] > 0 for row in p["history"])
+    if time_aware_epochs:
+        assert (out / "checkpoints" / "point0-static" / "last.pt").is_file()

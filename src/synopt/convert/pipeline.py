@@ -71,6 +71,8 @@ class ConvertConfig:
     event_augment: str | None = "prefix"  # event datasets: augmentation of the training images (None: none)
     temporal_qat: bool | None = None  # time-aware QAT (None: on for event data when exact for the neuron options;
     #                                   True on static images: QAT on count-coded input over T steps)
+    temporal_epochs: int | None = None  # time-aware QAT only in the last N epochs of each point, the first ones on
+    #                                      the static QReLU (T x cheaper); None: every epoch
     fine_bins: int = 30  # time-aware QAT: every recording as this many time bins, cut into random frames
     extra_timesteps: list[int] = field(default_factory=list)  # static data: also simulate every point at these T
     qat_frames: list[int] | None = None  # time-aware QAT: frame counts drawn per recording (None: the simulated
@@ -222,12 +224,18 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         raise ValueError(f"--target-synops must be positive, got {cfg.target_synops:g}")
     if cfg.target_control is not None and not 0 <= cfg.target_control <= 1:
         raise ValueError(f"--target-control is a gain in [0, 1] (0: off, 0.5 a good start), got {cfg.target_control:g}")
+    if cfg.temporal_epochs is not None and not 1 <= cfg.temporal_epochs <= cfg.epochs:
+        raise ValueError(f"--time-aware-epochs must be between 1 and --epochs ({cfg.epochs}), got {cfg.temporal_epochs}")
     if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
         raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     model, model_shape, notes = load_model(cfg.source)  # every check before the run folder is written
     splits, sim_splits, train_images = _splits(cfg)
+    temporal = _use_temporal_qat(cfg, splits.is_event)
+    if cfg.temporal_epochs is not None and not temporal:
+        raise ValueError("--time-aware-epochs needs time-aware QAT: add --time-aware-qat (static images) or keep it on "
+                         "(event data)")
     if splits.is_event and cfg.extra_timesteps:
         raise ValueError("extra time steps serve static images only: on event data the framing depends on T "
                          "(run one conversion per T)")
@@ -256,7 +264,6 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     val = Subset(splits.val, range(min(cfg.estimate_samples, len(splits.val))))
     # SynOp estimates are taken on what the SNN sees: images, or event frames (time-aware, temporal.py)
     est_val = Subset(sim_splits.val, range(min(cfg.estimate_samples, len(sim_splits.val)))) if splits.is_event else val
-    temporal = _use_temporal_qat(cfg, splits.is_event)
     static_temporal = temporal and not splits.is_event
     if static_temporal:  # the estimates, rho choice and calibration run the IF dynamics of count coding too
         est_val = CountCoded(val, cfg.timesteps)
@@ -304,7 +311,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         qat_train, qat_val, framing = train_images, splits.val, None
         if static_temporal:
             framing = RandomFraming(cfg.timesteps, (cfg.timesteps,))  # T bins into T frames: the count coding
-            qat_train, qat_val = CountCoded(train_images, cfg.timesteps), CountCoded(splits.val, cfg.timesteps)
+            qat_train, qat_val = CountCoded(train_images, cfg.timesteps), est_val  # T x the cost: validate on fewer
             metrics["temporal_qat"] = {"count_coded_steps": cfg.timesteps}
             notes.append(f"static images: time-aware QAT on count-coded input (x/T over T = {cfg.timesteps} steps); "
                          "the loss and the estimates see the IF counts of the simulated network")
@@ -332,11 +339,27 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         gain = cfg.target_control if cfg.target_control is not None else (
             EVENT_TARGET_CONTROL if splits.is_event else 0.0)
         metrics["target_control"] = gain
+        static_epochs = cfg.epochs - cfg.temporal_epochs if temporal and cfg.temporal_epochs else 0
+        if static_epochs:
+            metrics["temporal_qat"]["epochs"] = cfg.temporal_epochs
+            notes.append(f"time-aware QAT only in the last {cfg.temporal_epochs} of {cfg.epochs} epochs per point; "
+                         "the first ones train the static QReLU network")
         for i, target in enumerate(targets):
             label = f"target={target:.4g}"
-            hist = finetune(qnet, qat_train, qat_val, train_cfg, shape, target=target,
+            hist = []
+            if static_epochs:
+                hist = finetune(qnet, train_images, splits.val, dataclasses.replace(train_cfg, epochs=static_epochs),
+                                shape, target=target, checkpoint_dir=out / "checkpoints" / f"point{i}-static",
+                                desc=f"QAT {label} (static)", control=gain)
+                for row in hist:
+                    row["time_aware"] = False
+            last = finetune(qnet, qat_train, qat_val,
+                            dataclasses.replace(train_cfg, epochs=cfg.epochs - static_epochs), shape, target=target,
                             checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}", framing=framing,
                             control=gain)
+            for row in last:
+                row["time_aware"] = temporal
+            hist += last
             point = {"target": target, "history": hist}
             if cfg.calibrate:
                 qnet_cal, c, syn = calibrate(qnet, account, est_val, target, cfg.estimate_samples,

@@ -51,10 +51,12 @@ def run_variant(name: str, work: Path, root: Path, seed: int, args) -> list[dict
     ann = str(base / "ann" / "source" / "ann.pt")
     rows = []
     for i, (label, framing) in enumerate(FRAMINGS):
+        if label not in args.framings:
+            continue
         b = convert(base / f"baseline-{i}", root, ann, seed, method="rho", rho=1.0, **framing, **opts)["baseline"]
         target = b["sim_synops"] / args.cut
-        m = convert(base / f"qat-{i}", root, ann, seed, method="qrelu", target_synops=target, epochs=args.epochs,
-                    lr=args.lr, target_control=args.target_control, **framing, **opts)
+        m = convert(base / f"qat-{i}{args.qat_tag}", root, ann, seed, method="qrelu", target_synops=target,
+                    epochs=args.epochs, lr=args.lr, target_control=args.target_control, **framing, **opts)
         p = m["points"][0]
         row = {"variant": name, "seed": seed, "framing": label, "ann_acc": m0["ann_accuracy"],
                "base_acc": b["sim_accuracy"], "base_synops": b["sim_synops"], "target": target,
@@ -117,8 +119,12 @@ def main() -> None:
     ap.add_argument("--cut", type=float, default=6.0, help="QAT target = baseline SNN SynOps / cut")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the event variant")
     ap.add_argument("--image-seeds", type=int, nargs="*", default=[0], help="seeds of the image (pre-fix) variant")
+    ap.add_argument("--framings", nargs="+", default=[f for f, _ in FRAMINGS], choices=[f for f, _ in FRAMINGS])
+    ap.add_argument("--qat-tag", default="", help="suffix of the QAT run folders (qat-I<tag>): a second QAT setting "
+                                                  "on the same ANNs and baselines")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None)
+    ap.add_argument("--section", default="conversion-dvs", help="docs/benchmarks.md section key")
     ap.add_argument("--no-write", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--reference", help="rows.json of an earlier run (e.g. the open-loop gain 0) to show next to "
                                         "this one")
@@ -131,7 +137,7 @@ def main() -> None:
     subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
     runs = [("event", s) for s in args.seeds] + [("image", s) for s in args.image_seeds]
     rows = [r for v, s in runs for r in run_variant(v, work, root, s, args)]
-    (work / "rows.json").write_text(json.dumps(rows, indent=1))
+    (work / f"rows{args.qat_tag}.json").write_text(json.dumps(rows, indent=1))
     gain = "0.5 (the default)" if args.target_control is None else format(args.target_control, "g")
     body = (f"N-MNIST (real recordings; 900 train / 100 validation / 100 test), zoo `mnistdvs` at 2x34x34, ANN trained "
             f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}, target = baseline SNN SynOps / "
@@ -150,7 +156,8 @@ def main() -> None:
         body += (f"\nReference run `{args.reference}` (same ANNs and baselines; e.g. the open-loop target):\n\n"
                  + summary(ref) + "\n" + table(ref))
     if not args.no_write:
-        write_section("conversion-dvs", "Conversion on N-MNIST events (MNIST-DVS network)", body)
+        title = "Conversion on N-MNIST events (MNIST-DVS network)"
+        write_section(args.section, title + (f", QAT {args.epochs} epochs" if args.qat_tag else ""), body)
     print(body)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -89,10 +90,26 @@ def table(rows: list[dict]) -> str:
     return head + body
 
 
+def _ranks(values: list[float]) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    for rank, i in enumerate(order):
+        ranks[i] = float(rank)
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Rank correlation (no tie correction; nan below 3 pairs)."""
+    if len(x) < 3:
+        return math.nan
+    rx, ry = _ranks(x), _ranks(y)
+    return statistics.correlation(rx, ry) if len(set(rx)) > 1 and len(set(ry)) > 1 else math.nan
+
+
 def summary(rows: list[dict]) -> str:
     out = ("| variant | framing | seeds | baseline SNN acc | QAT SNN acc | acc change (± s.e. over seeds) | "
-           "per-seed change | SNN SynOp cut (lowest) | issue target met (cut >= 6x, loss <= 1.3 pt) |\n"
-           "|---|---|---|---|---|---|---|---|---|\n")
+           "per-seed change | Spearman(QAT target, change) | SNN SynOp cut (lowest) | "
+           "issue target met (cut >= 6x, loss <= 1.3 pt) |\n|---|---|---|---|---|---|---|---|---|---|\n")
     keys = sorted({(r["variant"], r["framing"]) for r in rows}, key=lambda k: (k[0] != "event", k[1]))
     for variant, framing in keys:
         rs = [r for r in rows if r["variant"] == variant and r["framing"] == framing]
@@ -104,7 +121,8 @@ def summary(rows: list[dict]) -> str:
         lowest = min(r["base_synops"] / r["qat_synops"] for r in rs)
         met = cut >= 6 and 100 * (base - qat) <= 1.3
         out += (f"| {variant} | {framing} | {len(rs)} | {100 * base:.1f}% | {100 * qat:.1f}% | "
-                f"{100 * (qat - base):+.1f}{se} pt | {' / '.join(f'{c:+.0f}' for c in change)} | {cut:.2f}x "
+                f"{100 * (qat - base):+.1f}{se} pt | {' / '.join(f'{c:+.0f}' for c in change)} | "
+                f"{spearman([r['target'] for r in rs], change):+.2f} | {cut:.2f}x "
                 f"({lowest:.2f}x) | {'yes' if met else 'no'} |\n")
     return out
 

@@ -112,7 +112,8 @@ def main() -> None:
     above = [p for p in m_rho["points"] if p["sim_synops"] > macs] or m_rho["points"]
     start = max(above, key=lambda p: (p["sim_accuracy"], -p["sim_synops"]))
     q_dir = work / args.qat_dir
-    m_q = (json.loads((q_dir / "metrics.json").read_text()) if (q_dir / "metrics.json").is_file() else
+    done = json.loads((q_dir / "metrics.json").read_text()) if (q_dir / "metrics.json").is_file() else {}
+    m_q = (done if len(done.get("points", [])) == args.points else  # else resume the schedule from its checkpoints
            run_conversion(ConvertConfig(out=str(q_dir), method="qrelu", rho=start["rho"], lr=args.qat_lr,
                                         target_synops=start["sim_synops"] / 2, schedule_points=args.points,
                                         target_control=args.target_control,

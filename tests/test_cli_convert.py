@@ -165,3 +165,26 @@ def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path, time
     assert all(row["synops"] > 0 for row in p["history"])
     if time_aware_epochs:
         assert (out / "checkpoints" / "point0-static" / "last.pt").is_file()
+
+
+def test_an_interrupted_schedule_keeps_its_finished_points(tmp_path, monkeypatch):
+    """metrics.json is written after every point of a target schedule, so a run stopped during the second point
+    still reports the first (and resumes from its checkpoints)."""
+    import synopt.convert.pipeline as pipeline
+
+    real, calls = pipeline.finetune, []
+
+    def stop_at_the_second_point(*args, **kwargs):
+        calls.append(kwargs["target"])
+        if len(set(calls)) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "finetune", stop_at_the_second_point)
+    out = tmp_path / "run"
+    assert main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "3", "--target-synops",
+                 "6e4", "--schedule", "2", "--epochs", "1", "--timesteps", "3", "--samples", "50", "--out", str(out),
+                 "--quiet"]) == 130  # synopt: interrupted
+    m = json.loads((out / "metrics.json").read_text())
+    assert [p["target"] for p in m["points"]] == [6e4]
+    assert (out / "points" / "point0.pt").is_file() and not (out / "snn").exists()

@@ -168,6 +168,40 @@ def test_calibration_on_event_frames_lands_on_the_simulated_target():
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("power, want_c, most_calls", [(1.7, 0.6, 4), (1.0, 3.0, 3), (2.5, 0.2, 4)])
+def test_calibration_search_lands_in_few_evaluations(power, want_c, most_calls):
+    """The secant search on log SynOps vs log c: for SynOps = S1 * c**power (a worked-out curve) it finds c within
+    the tolerance in a few evaluations (bisection on [1/8, 8] took 4 / 7 / 9 here), both below and above c = 1."""
+    qnet = qrelu_network(_net(bias=False))
+    w0 = qnet.net[0].weight.detach().clone()
+    k = int(w0.abs().argmax())
+    s1, calls = 5e4, []
+
+    def measure(n):
+        c = float(n.net[0].weight.flatten()[k] / w0.flatten()[k])
+        calls.append(c)
+        return s1 * c ** power
+
+    target = s1 * want_c ** power
+    _, c, syn = calibrate(qnet, None, None, target, 0, tolerance=0.02, measure=measure)
+    assert abs(syn / target - 1) <= 0.02 and c == pytest.approx(want_c, rel=0.02 / power + 1e-9)
+    assert len(calls) <= most_calls
+
+
+def test_calibration_search_leaves_a_silent_start():
+    """A network silent at c = 1 (SynOps 0 below c = 2, then linear) is scaled up by bisection until it fires."""
+    qnet = qrelu_network(_net(bias=False))
+    w0 = qnet.net[0].weight.detach().clone()
+    k = int(w0.abs().argmax())
+
+    def measure(n):
+        c = float(n.net[0].weight.flatten()[k] / w0.flatten()[k])
+        return 0.0 if c < 2 else 1e3 * c
+
+    _, c, syn = calibrate(qnet, None, None, 4e3, 0, tolerance=0.02, measure=measure)
+    assert syn == pytest.approx(4e3, rel=0.02) and c == pytest.approx(4.0, rel=0.02)
+
+
 # ------------------------------------------------------------------------------------ prefix augmentation
 
 

@@ -165,6 +165,8 @@ def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path, time
     assert all(row["synops"] > 0 for row in p["history"])
     if time_aware_epochs:
         assert (out / "checkpoints" / "point0-static" / "last.pt").is_file()
+        first, last = p["history"]  # the time-aware phase continues the closed loop of the static one
+        assert last["target"] == pytest.approx(first["control_gain"] * last["scheduled_target"])
 
 
 def test_an_interrupted_schedule_keeps_its_finished_points(tmp_path, monkeypatch):

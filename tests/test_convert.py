@@ -216,7 +216,8 @@ def _digits_ann():
     return splits, prepare(ann.eval())[0]
 
 
-def _digits_qat(control: float, epochs: int, checkpoint_dir=None, stop_after: int | None = None):
+def _digits_qat(control: float, epochs: int, checkpoint_dir=None, stop_after: int | None = None,
+                control_start: float = 1.0):
     """The trained digitsnet as a QReLU net (rho 2), fine-tuned towards half of its SynOps without annealing."""
     from synopt.convert.qat import estimate, finetune, qrelu_network
     from synopt.finetune.train import TrainConfig
@@ -232,7 +233,8 @@ def _digits_qat(control: float, epochs: int, checkpoint_dir=None, stop_after: in
 
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, progress=False)
     return start / 2, finetune(qnet, splits.train, None, cfg, (1, 8, 8), target=start / 2, anneal=False,
-                               control=control, checkpoint_dir=checkpoint_dir, on_epoch_end=stop)
+                               control=control, checkpoint_dir=checkpoint_dir, on_epoch_end=stop,
+                               control_start=control_start)
 
 
 def test_closed_loop_target_lowers_s0_once_the_synops_settle():
@@ -252,6 +254,10 @@ def test_closed_loop_target_lowers_s0_once_the_synops_settle():
         assert nxt["target"] == pytest.approx(k * target)
     assert moved >= 2 and ctl[-1]["target"] < target
     assert ctl[-1]["synops"] < plain[-1]["synops"]
+    assert [row["control_gain"] for row in ctl[:-1]] == pytest.approx([row["target"] / target for row in ctl[1:]])
+    # a second phase starts from the first one's correction (pipeline: static epochs, then time-aware ones)
+    _, cont = _digits_qat(0.5, 1, control_start=ctl[-1]["control_gain"])
+    assert cont[0]["target"] == pytest.approx(ctl[-1]["control_gain"] * target) and ctl[-1]["control_gain"] < 1
 
 
 def test_closed_loop_target_resumes_with_the_same_correction(tmp_path):

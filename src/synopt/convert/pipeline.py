@@ -367,7 +367,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             last = finetune(qnet, qat_train, qat_val,
                             dataclasses.replace(train_cfg, epochs=cfg.epochs - static_epochs), shape, target=target,
                             checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}", framing=framing,
-                            control=gain)
+                            control=gain, control_start=hist[-1]["control_gain"] if hist else 1.0)
             for row in last:
                 row["time_aware"] = temporal
             hist += last

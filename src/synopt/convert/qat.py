@@ -143,7 +143,8 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
              target: float | None = None, alpha: float | None = None, anneal: bool = True,
              checkpoint_dir: str | Path | None = None, desc: str = "qat",
              on_epoch_end: Callable[[int, dict], None] | None = None,
-             framing: RandomFraming | None = None, control: float = 0.0) -> list[dict]:
+             framing: RandomFraming | None = None, control: float = 0.0,
+             control_start: float = 1.0) -> list[dict]:
     """Fine-tune ``qnet`` in place with cross-entropy + SynOp loss (Eq. 2 of 003_*); returns the epoch history.
 
     With ``anneal`` the target moves geometrically from the network's current SynOps to ``target`` over the first
@@ -161,7 +162,8 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
     have settled (within ``SETTLED`` of the previous epoch's), the S0 given to the loss is multiplied by
     ``(target / S) ** control`` (clamped to [1/4, 2] x target). This drives the trained network onto the target
     instead of leaving the gap to the post-hoc first-layer calibration; waiting for S to settle keeps the correction
-    from winding up while the optimiser is still moving S.
+    from winding up while the optimiser is still moving S. ``control_start`` is the correction to begin with (a
+    previous phase's last ``control_gain``, which every history row records for the epoch after it).
     """
     account = energy.analyze(qnet.net, input_shape)
     loss_fn = SynOpLoss(account, target, alpha)
@@ -175,7 +177,7 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
         if anneal:
             ref = val if val is not None else train if framing is None else EqualFramed(train, max(framing.frames))
             schedule = annealed_targets(estimate(qnet, account, ref, 1000)[1], target, cfg.epochs)
-    gain = {"k": 1.0, "last": None}  # the target correction of ``control`` and the previous epoch's SynOps
+    gain = {"k": control_start, "last": None}  # the target correction of ``control``, the previous epoch's SynOps
 
     def correct(epoch: int, row: dict) -> None:
         s, last = row.get("synops", 0.0), gain["last"]
@@ -226,6 +228,7 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
         if schedule is not None:
             row["scheduled_target"] = schedule[epoch]
         correct(epoch, row)
+        row["control_gain"] = gain["k"]
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 

@@ -190,9 +190,9 @@ def calibrate(qnet: QReLUNetwork, account, val: Dataset, target: float, samples:
     it calibrates the SNN. For event frames in ``val`` the estimate is the time-aware one (``estimate``), equal to
     the simulated SynOps on those frames; the image estimate would undercount them. ``measure(net) -> SynOps``
     replaces the estimate (e.g. a simulation for neuron options the time-aware model does not cover).
-    The search is a safeguarded secant on log SynOps against log c inside [1/8, 8] (SynOps grow roughly as a power
-    of c, so it lands in 3-4 evaluations where bisection needs about 9; it falls back to bisection of the bracket
-    whenever the secant step leaves it). Returns (network, c, SynOps at c).
+    The search is a safeguarded secant on log SynOps against log c inside [1/8, 8]: SynOps grow roughly as a power
+    of c, so it takes 2-3 evaluations on such curves where bisection took 4-9 (tests), and it falls back to
+    bisecting the bracket whenever a secant step leaves it. Returns (network, c, SynOps at c).
     """
     def synops_at(c: float) -> tuple[QReLUNetwork, float]:
         net = QReLUNetwork(scale_first_layer(qnet.net, c, compensate_output=False))

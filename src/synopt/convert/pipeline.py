@@ -236,7 +236,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     if cfg.target_control is not None and not 0 <= cfg.target_control <= 1:
         raise ValueError(f"--target-control is a gain in [0, 1] (0: off, 0.5 a good start), got {cfg.target_control:g}")
     if cfg.temporal_epochs is not None and not 1 <= cfg.temporal_epochs <= cfg.epochs:
-        raise ValueError(f"--time-aware-epochs must be between 1 and --epochs ({cfg.epochs}), got {cfg.temporal_epochs}")
+        raise ValueError(f"--time-aware-epochs must be between 1 and --epochs ({cfg.epochs}), "
+                         f"got {cfg.temporal_epochs}")
     if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
         raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
     torch.manual_seed(cfg.seed)

@@ -31,14 +31,14 @@ FRAMINGS = (("3,000-event frames", {"frames": {"event_count": 3000}}), ("10 time
 VARIANTS = {"event": {}, "image": {"event_augment": None, "temporal_qat": False}}
 
 
-def convert(out: Path, root: Path, checkpoint: str | None, seed: int, **kw) -> dict:
+def convert(out: Path, root: Path, checkpoint: str | None, seed: int, overrides: dict, **kw) -> dict:
     from synopt.convert.pipeline import ConvertConfig, run_conversion
     from synopt.convert.source import ModelSource
 
     metrics_file = out / "metrics.json"
     if metrics_file.exists():  # finished earlier: reuse (delete the folder to re-measure)
         return json.loads(metrics_file.read_text())
-    cfg = ConvertConfig(source=ModelSource("zoo", name="mnistdvs", checkpoint=checkpoint), dataset="nmnist",
+    cfg = ConvertConfig(source=ModelSource("zoo", name="mnistdvs", checkpoint=checkpoint, overrides=overrides), dataset="nmnist",
                         data_root=str(root), out=str(out), seed=seed, progress=False, **kw)
     return run_conversion(cfg)
 
@@ -46,17 +46,18 @@ def convert(out: Path, root: Path, checkpoint: str | None, seed: int, **kw) -> d
 def run_variant(name: str, work: Path, root: Path, seed: int, args) -> list[dict]:
     """ANN training, then per framing the baseline SNN and the QAT point at baseline SynOps / cut."""
     opts = VARIANTS[name]
-    base = work / f"{name}-s{seed}"
-    m0 = convert(base / "ann", root, None, seed, method="rho", rho=1.0, train_epochs=args.train_epochs,
+    base = work / f"{name}{args.ann_tag}-s{seed}"
+    model = {"dropout": False} if args.no_dropout else {}
+    m0 = convert(base / "ann", root, None, seed, model, method="rho", rho=1.0, train_epochs=args.train_epochs,
                  frames={"event_count": 3000}, **opts)
     ann = str(base / "ann" / "source" / "ann.pt")
     rows = []
     for i, (label, framing) in enumerate(FRAMINGS):
         if label not in args.framings:
             continue
-        b = convert(base / f"baseline-{i}", root, ann, seed, method="rho", rho=1.0, **framing, **opts)["baseline"]
+        b = convert(base / f"baseline-{i}", root, ann, seed, model, method="rho", rho=1.0, **framing, **opts)["baseline"]
         target = b["sim_synops"] / args.cut
-        m = convert(base / f"qat-{i}{args.qat_tag}", root, ann, seed, method="qrelu", target_synops=target,
+        m = convert(base / f"qat-{i}{args.qat_tag}", root, ann, seed, model, method="qrelu", target_synops=target,
                     epochs=args.epochs, lr=args.lr, target_control=args.target_control, **framing, **opts)
         p = m["points"][0]
         row = {"variant": name, "seed": seed, "framing": label, "ann_acc": m0["ann_accuracy"],
@@ -140,6 +141,9 @@ def main() -> None:
     ap.add_argument("--framings", nargs="+", default=[f for f, _ in FRAMINGS], choices=[f for f, _ in FRAMINGS])
     ap.add_argument("--qat-tag", default="", help="suffix of the QAT run folders (qat-I<tag>): a second QAT setting "
                                                   "on the same ANNs and baselines")
+    ap.add_argument("--no-dropout", action="store_true", help="build mnistdvs without its dropout (0.5 on the "
+                                                               "48-feature head at 34x34)")
+    ap.add_argument("--ann-tag", default="", help="suffix of the per-seed folders (event<tag>-sN): another ANN recipe")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None)
     ap.add_argument("--section", default="conversion-dvs", help="docs/benchmarks.md section key")
@@ -155,9 +159,10 @@ def main() -> None:
     subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
     runs = [("event", s) for s in args.seeds] + [("image", s) for s in args.image_seeds]
     rows = [r for v, s in runs for r in run_variant(v, work, root, s, args)]
-    (work / f"rows{args.qat_tag}.json").write_text(json.dumps(rows, indent=1))
+    (work / f"rows{args.ann_tag}{args.qat_tag}.json").write_text(json.dumps(rows, indent=1))
     gain = "0.5 (the default)" if args.target_control is None else format(args.target_control, "g")
-    body = (f"N-MNIST (real recordings; 900 train / 100 validation / 100 test), zoo `mnistdvs` at 2x34x34, ANN trained "
+    body = (f"N-MNIST (real recordings; 900 train / 100 validation / 100 test), zoo `mnistdvs` at 2x34x34"
+            f"{' without dropout' if args.no_dropout else ''}, ANN trained "
             f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}, target = baseline SNN SynOps / "
             f"{args.cut:g}; closed-loop target gain {gain}; {args.threads} torch thread(s). Variants: **event** = "
             "the pipeline's defaults for event data (ANN on prefix-augmented images, time-aware QAT on random framings of 30 time bins into the "

@@ -45,7 +45,9 @@ def convert(out: Path, root: Path, checkpoint: str | None, seed: int, overrides:
 
 def run_variant(name: str, work: Path, root: Path, seed: int, args) -> list[dict]:
     """ANN training, then per framing the baseline SNN and the QAT point at baseline SynOps / cut."""
-    opts = VARIANTS[name]
+    opts = dict(VARIANTS[name])
+    if args.event_augment and name == "event":
+        opts["event_augment"] = args.event_augment
     base = work / f"{name}{args.ann_tag}-s{seed}"
     model = {"dropout": False} if args.no_dropout else {}
     m0 = convert(base / "ann", root, None, seed, model, method="rho", rho=1.0, train_epochs=args.train_epochs,
@@ -143,6 +145,8 @@ def main() -> None:
                                                   "on the same ANNs and baselines")
     ap.add_argument("--no-dropout", action="store_true", help="build mnistdvs without its dropout (0.5 on the "
                                                                "48-feature head at 34x34)")
+    ap.add_argument("--event-augment", help="the event variant's training augmentation (the pipeline's default: "
+                                            "prefix; e.g. prefix+shift)")
     ap.add_argument("--ann-tag", default="", help="suffix of the per-seed folders (event<tag>-sN): another ANN recipe")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None)
@@ -162,7 +166,8 @@ def main() -> None:
     (work / f"rows{args.ann_tag}{args.qat_tag}.json").write_text(json.dumps(rows, indent=1))
     gain = "0.5 (the default)" if args.target_control is None else format(args.target_control, "g")
     body = (f"N-MNIST (real recordings; 900 train / 100 validation / 100 test), zoo `mnistdvs` at 2x34x34"
-            f"{' without dropout' if args.no_dropout else ''}, ANN trained "
+            f"{' without dropout' if args.no_dropout else ''}"
+            f"{f', training augmentation {args.event_augment}' if args.event_augment else ''}, ANN trained "
             f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}, target = baseline SNN SynOps / "
             f"{args.cut:g}; closed-loop target gain {gain}; {args.threads} torch thread(s). Variants: **event** = "
             "the pipeline's defaults for event data (ANN on prefix-augmented images, time-aware QAT on random framings of 30 time bins into the "

@@ -13,6 +13,7 @@ from synopt.convert.qat import estimate, finetune, qrelu_network
 from synopt.convert.qrelu import if_spike_counts
 from synopt.convert.temporal import RandomFraming, equal_framing, temporal_current, temporal_scores
 from synopt.convert.to_sinabs import IFSqueeze, to_sinabs
+from synopt.data.events import shift_events
 from synopt.finetune.train import TrainConfig
 from synopt.simulate.kernels import if_forward
 from synopt.simulate.run import simulate
@@ -238,6 +239,35 @@ def test_prefix_augmentation_collapses_the_first_k_time_bins(tmp_path):
         data.load("nmnist", tmp_path, augment="flip", val_size=0)
     with pytest.raises(data.DatasetError, match="representation='image'"):
         data.load("nmnist", tmp_path, augment="prefix", representation="frames", val_size=0)
+
+
+def test_shift_augmentation_translates_the_events_and_drops_those_leaving_the_sensor(tmp_path):
+    xs, ys, ps, t = np.array([0, 33, 10, 20]), np.array([5, 5, 0, 33]), np.array([0, 1, 1, 0]), np.arange(4) * 1000
+    for part in ("Train", "Test"):
+        _write_nmnist_bin(tmp_path / "NMNIST" / part / "3" / "0.bin", xs, ys, t, ps)
+    ev = data.load("nmnist", tmp_path, val_size=0).train.events(0)
+    moved = shift_events(ev, 1, -1, (34, 34, 2))  # x 33 -> 34 and y 0 -> -1 leave the 34x34 sensor
+    assert moved["x"].tolist() == [1, 21] and moved["y"].tolist() == [4, 32] and moved["t"].tolist() == [0, 3000]
+    assert ev["x"].tolist() == [0, 33, 10, 20]  # the cached recording is untouched
+    s = data.load("nmnist", tmp_path, augment="shift+prefix", representation="image", val_size=0)
+    assert s.train.augment == "prefix+shift" and s.train.shift_pixels == 2 and s.test.shift_pixels == 0
+    centre = tmp_path / "centre"  # events far from the border: every read keeps all of them, moved as one
+    for part in ("Train", "Test"):
+        _write_nmnist_bin(centre / "NMNIST" / part / "3" / "0.bin", xs // 3 + 10, ys // 3 + 10, t, ps)
+    opts = dict(representation="frames", n_time_bins=4, val_size=0)
+    frames, plain = data.load("nmnist", centre, augment="shift", **opts), data.load("nmnist", centre, **opts)
+    ref = plain.train[0][0]
+    torch.manual_seed(0)
+    offsets = []
+    for _ in range(60):
+        x = frames.train[0][0]
+        offsets += [(dx, dy) for dx in range(-3, 4) for dy in range(-3, 4)
+                    if torch.equal(x, torch.roll(ref, (dy, dx), dims=(2, 3)))]
+    assert len(offsets) == 60 and set(offsets) <= {(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)}
+    assert len(set(offsets)) > 10
+    assert torch.equal(frames.test[0][0], plain.test[0][0])  # the test split is never augmented
+    with pytest.raises(data.DatasetError, match="shift"):
+        data.load("nmnist", tmp_path, augment="prefix+jitter", val_size=0)
 
 
 def test_count_coded_static_input_time_aware_estimate_equals_the_simulation():

@@ -68,7 +68,8 @@ class ConvertConfig:
     train_epochs: int = 0  # >0: first train the (zoo) ANN from scratch for this many epochs
     train_lr: float = 3e-3
     train_samples: int | None = None  # a seeded subset of the training split (the sweep's shared budget)
-    event_augment: str | None = "prefix"  # event datasets: augmentation of the training images (None: none)
+    event_augment: str | None = "prefix"  # event datasets: training augmentation, prefix and/or shift joined by +
+    #   (prefix: the ANN's images; shift: the ANN's images and the time-aware QAT frames; None: none)
     temporal_qat: bool | None = None  # time-aware QAT (None: on for event data when exact for the neuron options;
     #                                   True on static images: QAT on count-coded input over T steps)
     temporal_epochs: int | None = None  # time-aware QAT only in the last N epochs of each point, the first ones on
@@ -329,7 +330,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                          "the loss and the estimates see the IF counts of the simulated network")
         elif temporal:
             framing = _random_framing(cfg, sim_splits)
-            qat_train, qat_val = _train_split(cfg, representation="frames", n_time_bins=framing.fine_bins)
+            shift = "shift" if "shift" in (cfg.event_augment or "").split("+") else None  # prefix: images only
+            qat_train, qat_val = _train_split(cfg, representation="frames", n_time_bins=framing.fine_bins,
+                                              augment=shift)
             shares = {t: framing.frames.count(t) / len(framing.frames) for t in sorted(set(framing.frames))}
             metrics["temporal_qat"] = {"fine_bins": framing.fine_bins, "frames": shares}
             notes.append(f"event data: time-aware QAT on random framings of {framing.fine_bins} time bins into "

@@ -29,6 +29,7 @@ __all__ = [
     "NMNIST_SENSOR_SIZE",
     "EVENT_AUGMENTATIONS",
     "event_augmentation",
+    "shift_events",
 ]
 
 EVENT_DTYPE = np.dtype([("x", "<u2"), ("y", "<u2"), ("t", "<i8"), ("p", "u1")])
@@ -323,19 +324,31 @@ def events_to_image(events: np.ndarray, sensor_size: Sequence[int], *, merge_pol
     return events_to_frames(events, sensor_size, event_count=max(len(events), 1), merge_polarities=merge_polarities)[0]
 
 
-EVENT_AUGMENTATIONS = ("prefix",)
+EVENT_AUGMENTATIONS = ("prefix", "shift")
 
 
 def event_augmentation(augment) -> Optional[str]:
-    """The augmentation name of an event dataset from ``load(augment=...)``: False/None/'' = none, True = 'prefix'."""
+    """The augmentation of an event dataset from ``load(augment=...)``: False/None/'' = none, True = 'prefix', else
+    'prefix', 'shift' or both joined by '+' (returned in that order)."""
     if augment is None or augment is False or augment == "":
         return None
     if augment is True:
         return "prefix"
-    if augment not in EVENT_AUGMENTATIONS:
+    parts = str(augment).split("+")
+    if any(p not in EVENT_AUGMENTATIONS for p in parts):
         raise DatasetError(f"unknown augmentation {augment!r} for event datasets; use True or one of "
-                           f"{', '.join(EVENT_AUGMENTATIONS)}")
-    return augment
+                           f"{', '.join(EVENT_AUGMENTATIONS)}, joined by '+' for both")
+    return "+".join(a for a in EVENT_AUGMENTATIONS if a in parts)
+
+
+def shift_events(events: np.ndarray, dx: int, dy: int, sensor_size: Sequence[int]) -> np.ndarray:
+    """The events translated by (dx, dy) pixels; those that leave the sensor are dropped (a new array)."""
+    W, H = int(sensor_size[0]), int(sensor_size[1])
+    x, y = events["x"].astype(np.int64) + dx, events["y"].astype(np.int64) + dy
+    keep = (x >= 0) & (x < W) & (y >= 0) & (y < H)
+    out = events[keep].copy()
+    out["x"], out["y"] = x[keep], y[keep]
+    return out
 
 
 def collate_frames(batch):
@@ -378,6 +391,9 @@ class EventFolderDataset(Dataset):
     ``augment='prefix'`` (image representation only): each read collapses only the events of the first k of
     ``prefix_bins`` equal time bins of the recording, k uniform in 1..prefix_bins (torch's global RNG). A network
     trained so sees the partial images an SNN integrates while the recording streams in, not only the final one.
+    ``augment='shift'`` (any representation): each read translates the recording by a random whole-pixel offset of
+    up to ``shift_pixels`` in x and in y (events leaving the sensor are dropped), the standard remedy for
+    over-fitting on small event datasets; ``'prefix+shift'`` does both.
     """
 
     def __init__(
@@ -396,11 +412,17 @@ class EventFolderDataset(Dataset):
         cache: Optional[_EventCache] = None,
         augment: Optional[str] = None,
         prefix_bins: int = 30,
+        shift_pixels: int = 2,
     ):
         if representation not in ("frames", "image"):
             raise DatasetError(f"representation must be 'frames' or 'image', got {representation!r}")
         self.augment = event_augmentation(augment)
-        if self.augment == "prefix" and representation != "image":
+        parts = (self.augment or "").split("+")
+        self.prefix = "prefix" in parts
+        if int(shift_pixels) < 0:
+            raise DatasetError(f"shift_pixels must be >= 0, got {shift_pixels}")
+        self.shift_pixels = int(shift_pixels) if "shift" in parts else 0
+        if self.prefix and representation != "image":
             raise DatasetError("augment='prefix' makes time-collapsed images; use representation='image' with it")
         if int(prefix_bins) < 1:
             raise DatasetError(f"prefix_bins must be >= 1, got {prefix_bins}")
@@ -425,17 +447,21 @@ class EventFolderDataset(Dataset):
         return self.labels
 
     def events(self, i: int) -> np.ndarray:
-        """The raw (cached) events of sample ``i``; do not modify in place."""
+        """The raw (cached) events of sample ``i``, randomly shifted with ``augment`` 'shift'; do not modify in
+        place."""
         ev = self.cache.get(self.files[i])
         if self.first_saccade_only:
             ev = ev[ev["t"] < 100_000]
+        if self.shift_pixels:
+            dx, dy = (int(v) for v in torch.randint(-self.shift_pixels, self.shift_pixels + 1, (2,)))
+            ev = shift_events(ev, dx, dy, self.sensor_size)
         return ev
 
     def frames(self, i: int) -> torch.Tensor:
         return events_to_frames(self.events(i), self.sensor_size, merge_polarities=self.merge_polarities, **self.framing)
 
     def image(self, i: int) -> torch.Tensor:
-        if self.augment == "prefix":
+        if self.prefix:
             return self.prefix_image(i, int(torch.randint(1, self.prefix_bins + 1, ())))
         if self.framing["remainder"] == "keep":
             return events_to_image(self.events(i), self.sensor_size, merge_polarities=self.merge_polarities)

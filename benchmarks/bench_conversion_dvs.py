@@ -185,7 +185,10 @@ def main() -> None:
                  + summary(ref) + "\n" + table(ref))
     if not args.no_write:
         title = "Conversion on N-MNIST events (MNIST-DVS network)"
-        write_section(args.section, title + (f", QAT {args.epochs} epochs" if args.qat_tag else ""), body)
+        title += f", QAT {args.epochs} epochs" if args.qat_tag else ""
+        title += ", ANN without dropout" if args.no_dropout else ""
+        title += f", {args.event_augment} augmentation" if args.event_augment else ""
+        write_section(args.section, title, body)
     print(body)
 
 

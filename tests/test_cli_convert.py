@@ -190,24 +190,3 @@ def test_an_interrupted_schedule_keeps_its_finished_points(tmp_path, monkeypatch
     m = json.loads((out / "metrics.json").read_text())
     assert [p["target"] for p in m["points"]] == [6e4]
     assert (out / "points" / "point0.pt").is_file() and not (out / "snn").exists()
-
-
-def test_the_closed_loop_correction_carries_over_to_the_next_schedule_point(tmp_path, monkeypatch):
-    """A point's first QAT phase starts with the correction where the previous point's first phase ended; the
-    time-aware phase continues its own point's static phase."""
-    import synopt.convert.pipeline as pipeline
-
-    real, starts = pipeline.finetune, []
-
-    def marked(*args, **kwargs):
-        starts.append((kwargs["desc"].endswith("(static)"), kwargs["control_start"]))
-        hist = real(*args, **kwargs)
-        hist[-1]["control_gain"] = 0.9 ** len(starts)  # a distinct end gain per call: 0.9, 0.81, 0.729, ...
-        return hist
-
-    monkeypatch.setattr(pipeline, "finetune", marked)
-    assert main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "3", "--target-synops",
-                 "6e4", "--schedule", "2", "--epochs", "2", "--timesteps", "3", "--samples", "50",
-                 "--time-aware-qat", "--time-aware-epochs", "1", "--out", str(tmp_path / "run"), "--quiet"]) == 0
-    assert starts == [(True, 1.0), (False, pytest.approx(0.9)), (True, pytest.approx(0.9)),
-                      (False, pytest.approx(0.9 ** 3))]

@@ -359,21 +359,19 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             metrics["temporal_qat"]["epochs"] = cfg.temporal_epochs
             notes.append(f"time-aware QAT only in the last {cfg.temporal_epochs} of {cfg.epochs} epochs per point; "
                          "the first ones train the static QReLU network")
-        carried = 1.0  # the closed-loop correction a point starts with: where the previous point's first phase ended
         for i, target in enumerate(targets):
             label = f"target={target:.4g}"
             hist = []
             if static_epochs:
                 hist = finetune(qnet, train_images, splits.val, dataclasses.replace(train_cfg, epochs=static_epochs),
                                 shape, target=target, checkpoint_dir=out / "checkpoints" / f"point{i}-static",
-                                desc=f"QAT {label} (static)", control=gain, control_start=carried)
+                                desc=f"QAT {label} (static)", control=gain)
                 for row in hist:
                     row["time_aware"] = False
             last = finetune(qnet, qat_train, qat_val,
                             dataclasses.replace(train_cfg, epochs=cfg.epochs - static_epochs), shape, target=target,
                             checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}", framing=framing,
-                            control=gain, control_start=hist[-1]["control_gain"] if hist else carried)
-            carried = (hist or last)[-1].get("control_gain", 1.0)
+                            control=gain, control_start=hist[-1]["control_gain"] if hist else 1.0)
             for row in last:
                 row["time_aware"] = temporal
             hist += last

@@ -38,8 +38,9 @@ def convert(out: Path, root: Path, checkpoint: str | None, seed: int, overrides:
     metrics_file = out / "metrics.json"
     if metrics_file.exists():  # finished earlier: reuse (delete the folder to re-measure)
         return json.loads(metrics_file.read_text())
-    cfg = ConvertConfig(source=ModelSource("zoo", name="mnistdvs", checkpoint=checkpoint, overrides=overrides), dataset="nmnist",
-                        data_root=str(root), out=str(out), seed=seed, progress=False, **kw)
+    source = ModelSource("zoo", name="mnistdvs", checkpoint=checkpoint, overrides=overrides)
+    cfg = ConvertConfig(source=source, dataset="nmnist", data_root=str(root), out=str(out), seed=seed, progress=False,
+                        **kw)
     return run_conversion(cfg)
 
 
@@ -57,7 +58,8 @@ def run_variant(name: str, work: Path, root: Path, seed: int, args) -> list[dict
     for i, (label, framing) in enumerate(FRAMINGS):
         if label not in args.framings:
             continue
-        b = convert(base / f"baseline-{i}", root, ann, seed, model, method="rho", rho=1.0, **framing, **opts)["baseline"]
+        b = convert(base / f"baseline-{i}", root, ann, seed, model, method="rho", rho=1.0, **framing,
+                    **opts)["baseline"]
         target = b["sim_synops"] / args.cut
         m = convert(base / f"qat-{i}{args.qat_tag}", root, ann, seed, model, method="qrelu", target_synops=target,
                     epochs=args.epochs, lr=args.lr, target_control=args.target_control, **framing, **opts)

@@ -346,7 +346,7 @@ def shift_events(events: np.ndarray, dx: int, dy: int, sensor_size: Sequence[int
     W, H = int(sensor_size[0]), int(sensor_size[1])
     x, y = events["x"].astype(np.int64) + dx, events["y"].astype(np.int64) + dy
     keep = (x >= 0) & (x < W) & (y >= 0) & (y < H)
-    out = events[keep].copy()
+    out = events[keep]  # boolean indexing copies
     out["x"], out["y"] = x[keep], y[keep]
     return out
 

@@ -62,6 +62,8 @@ def test_simulate_reloads_the_snn(run_dir, tmp_path):
       "--time-aware-epochs", "3", "--out", "OUT"], "between 1 and --epochs (2)"),
     (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--time-aware-epochs", "1", "--out", "OUT"],
      "add --time-aware-qat"),
+    (["convert", "--model", "mnistdvs", "--dataset", "nmnist", "--target-synops", "1e5", "--event-augment", "jitter",
+      "--out", "OUT"], "--event-augment: invalid choice: 'jitter'"),
 ])
 def test_convert_user_errors(args, needle, tmp_path):
     args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
@@ -190,3 +192,15 @@ def test_an_interrupted_schedule_keeps_its_finished_points(tmp_path, monkeypatch
     m = json.loads((out / "metrics.json").read_text())
     assert [p["target"] for p in m["points"]] == [6e4]
     assert (out / "points" / "point0.pt").is_file() and not (out / "snn").exists()
+
+
+@pytest.mark.parametrize("flag, expected", [([], "prefix"), (["--event-augment", "prefix+shift"], "prefix+shift"),
+                                            (["--event-augment", "none"], None)])
+def test_event_augment_reaches_the_conversion_config(flag, expected, tmp_path, monkeypatch):
+    import synopt.convert.pipeline as pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_conversion", lambda cfg: seen.append(cfg) or {})
+    main(["convert", "--model", "mnistdvs", "--dataset", "nmnist", "--target-synops", "1e5", *flag,
+          "--out", str(tmp_path / "o"), "--quiet"])
+    assert seen[0].event_augment == expected

@@ -173,6 +173,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         temporal_epochs=args.time_aware_epochs,
                         single_spike=args.single_spike, percentile=args.percentile, frames=frames, seed=args.seed,
                         train_epochs=args.train_epochs, progress=not args.quiet,
+                        event_augment=None if args.event_augment == "none" else args.event_augment,
                         maxpool="keep" if args.keep_maxpool else "avg", bias="remove" if args.remove_bias else "keep",
                         input_convention=convention or None)
     if args.train_epochs and (args.onnx or args.checkpoint or args.torchvision):
@@ -415,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--single-spike", action="store_true", help="at most one spike per neuron and step")
     cv.add_argument("--percentile", type=float, default=99.9, help="percentile for --method scale")
     cv.add_argument("--event-count", type=int, help="event data: frames of this many events (default: T time bins)")
+    cv.add_argument("--event-augment", choices=("prefix", "shift", "prefix+shift", "none"), default="prefix",
+                    help="event data: training augmentation (prefix: the ANN trains on the first k of 30 time bins; "
+                         "shift: random moves of up to 2 pixels, also in time-aware QAT; default prefix)")
     cv.add_argument("--seed", type=int, default=0)
     cv.add_argument("--out", required=True, help="run folder to write")
     cv.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -200,7 +200,14 @@ def test_event_augment_reaches_the_conversion_config(flag, expected, tmp_path, m
     import synopt.convert.pipeline as pipeline
 
     seen = []
-    monkeypatch.setattr(pipeline, "run_conversion", lambda cfg: seen.append(cfg) or {})
-    main(["convert", "--model", "mnistdvs", "--dataset", "nmnist", "--target-synops", "1e5", *flag,
-          "--out", str(tmp_path / "o"), "--quiet"])
+
+    def record(cfg):
+        seen.append(cfg)
+        (tmp_path / "o").mkdir()
+        (tmp_path / "o" / "summary.md").write_text("recorded")
+        return {"points": []}
+
+    monkeypatch.setattr(pipeline, "run_conversion", record)
+    assert main(["convert", "--model", "mnistdvs", "--dataset", "nmnist", "--target-synops", "1e5", *flag,
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
     assert seen[0].event_augment == expected

@@ -26,6 +26,7 @@ from synopt.convert.rho import scale_first_layer
 from synopt.convert.source import ModelSource, keep_copy, load_model
 from synopt.convert.temporal import CountCoded, RandomFraming, exact_for
 from synopt.convert.to_sinabs import to_sinabs
+from synopt.data.events import augmentation_parts
 from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
 from synopt.runs import RunDir, save_checkpoint, write_json
 from synopt.simulate.run import SimResult, simulate
@@ -330,7 +331,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                          "the loss and the estimates see the IF counts of the simulated network")
         elif temporal:
             framing = _random_framing(cfg, sim_splits)
-            shift = "shift" if "shift" in (cfg.event_augment or "").split("+") else None  # prefix: images only
+            shift = "shift" if "shift" in augmentation_parts(cfg.event_augment) else None  # prefix: images only
             qat_train, qat_val = _train_split(cfg, representation="frames", n_time_bins=framing.fine_bins,
                                               augment=shift)
             shares = {t: framing.frames.count(t) / len(framing.frames) for t in sorted(set(framing.frames))}

@@ -29,6 +29,7 @@ __all__ = [
     "NMNIST_SENSOR_SIZE",
     "EVENT_AUGMENTATIONS",
     "event_augmentation",
+    "augmentation_parts",
     "shift_events",
 ]
 
@@ -341,6 +342,12 @@ def event_augmentation(augment) -> Optional[str]:
     return "+".join(a for a in EVENT_AUGMENTATIONS if a in parts)
 
 
+def augmentation_parts(augment) -> set[str]:
+    """The parts ('prefix', 'shift') of an event augmentation given as for ``event_augmentation``."""
+    name = event_augmentation(augment)
+    return set(name.split("+")) if name else set()
+
+
 def shift_events(events: np.ndarray, dx: int, dy: int, sensor_size: Sequence[int]) -> np.ndarray:
     """The events translated by (dx, dy) pixels; those that leave the sensor are dropped (a new array)."""
     W, H = int(sensor_size[0]), int(sensor_size[1])
@@ -417,7 +424,7 @@ class EventFolderDataset(Dataset):
         if representation not in ("frames", "image"):
             raise DatasetError(f"representation must be 'frames' or 'image', got {representation!r}")
         self.augment = event_augmentation(augment)
-        parts = (self.augment or "").split("+")
+        parts = augmentation_parts(self.augment)
         self.prefix = "prefix" in parts
         if int(shift_pixels) < 0:
             raise DatasetError(f"shift_pixels must be >= 0, got {shift_pixels}")

@@ -62,6 +62,10 @@ def main() -> None:
                     help="QAT, rho choice and calibration on count-coded input (T x the cost; exact IF counts)")
     ap.add_argument("--time-aware-epochs", type=int, default=None,
                     help="with --time-aware-qat: only the last N QAT epochs of each point time-aware")
+    ap.add_argument("--time-aware-samples", type=int, default=None,
+                    help="with --time-aware-qat: the time-aware epochs on a subset of this many training images")
+    ap.add_argument("--first-fraction", type=float, default=0.5,
+                    help="first target = this fraction of the starting rho's SNN SynOps (0.5: the paper's halving)")
     ap.add_argument("--qat-dir", default="qrelu", help="folder under --work for the QAT run (reuse ANN and rho)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the section from the points the QAT run has finished so far (no training)")
@@ -118,10 +122,12 @@ def main() -> None:
     m_q = (done if len(done.get("points", [])) == args.points or args.report_only and done else
            # else resume the schedule from its checkpoints
            run_conversion(ConvertConfig(out=str(q_dir), method="qrelu", rho=start["rho"], lr=args.qat_lr,
-                                        target_synops=start["sim_synops"] / 2, schedule_points=args.points,
+                                        target_synops=start["sim_synops"] * args.first_fraction,
+                                        schedule_points=args.points,
                                         target_control=args.target_control,
                                         temporal_qat=True if args.time_aware_qat else None,
-                                        temporal_epochs=args.time_aware_epochs, **common)))
+                                        temporal_epochs=args.time_aware_epochs,
+                                        temporal_samples=args.time_aware_samples, **common)))
     rows = []
     for p in m_q["points"]:
         need = synops_at_accuracy(curve, p["sim_accuracy"])
@@ -140,6 +146,8 @@ def main() -> None:
     if args.time_aware_qat:
         ta_note = (f", the last {args.time_aware_epochs} epoch(s) of each point time-aware on count-coded input"
                    if args.time_aware_epochs else ", time-aware on count-coded input")
+        if args.time_aware_samples:
+            ta_note += f" of {args.time_aware_samples:,} of those images"
     bn_note = " and BN (folded before conversion)" if args.batch_norm else ""
     lines = [
         f"CIFAR-10, All-ConvNet with channel width x{args.width:g}{bn_note} ({macs:,} MACs; the paper's x1 net has "
@@ -150,7 +158,7 @@ def main() -> None:
         f"{ta_note}; closed-loop target gain "
         f"{m_q.get('target_control', 0):g}), "
         f"starting from rho = {start['rho']:g} (SNN {100 * start['sim_accuracy']:.2f}% at {start['sim_synops']:,.0f} "
-        f"SynOps), target halved {args.points - 1} times{partial}.",
+        f"SynOps), first target {args.first_fraction:g} x its SynOps, then halved {args.points - 1} times{partial}.",
         "",
         "First-layer scaling (rho) curve:",
         "",

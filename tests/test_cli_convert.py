@@ -62,6 +62,10 @@ def test_simulate_reloads_the_snn(run_dir, tmp_path):
       "--time-aware-epochs", "3", "--out", "OUT"], "between 1 and --epochs (2)"),
     (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--time-aware-epochs", "1", "--out", "OUT"],
      "add --time-aware-qat"),
+    (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--time-aware-samples", "50", "--out", "OUT"],
+     "--time-aware-samples needs time-aware QAT"),
+    (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--time-aware-qat", "--time-aware-samples", "0",
+      "--out", "OUT"], "--time-aware-samples must be at least 1, got 0"),
     (["convert", "--model", "mnistdvs", "--dataset", "nmnist", "--target-synops", "1e5", "--event-augment", "jitter",
       "--out", "OUT"], "--event-augment: invalid choice: 'jitter'"),
 ])
@@ -169,6 +173,32 @@ def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path, time
         assert (out / "checkpoints" / "point0-static" / "last.pt").is_file()
         first, last = p["history"]  # the time-aware phase continues the closed loop of the static one
         assert last["target"] == pytest.approx(first["control_gain"] * last["scheduled_target"])
+
+
+def test_time_aware_samples_train_the_time_aware_epochs_on_a_subset(tmp_path, monkeypatch):
+    """--time-aware-samples N: the static epochs see the whole training split, the time-aware ones N count-coded
+    images of it (each is T static ones); the run records the number."""
+    import synopt.convert.pipeline as pipeline
+    from synopt.convert.temporal import CountCoded
+
+    real, seen = pipeline.finetune, []
+
+    def record(qnet, train, *args, **kwargs):
+        seen.append(train)
+        return real(qnet, train, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "finetune", record)
+    out = tmp_path / "run"
+    assert main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "3",
+                 "--target-synops", "6e4", "--epochs", "2", "--timesteps", "3", "--samples", "50",
+                 "--time-aware-qat", "--time-aware-epochs", "1", "--time-aware-samples", "40", "--out", str(out),
+                 "--quiet"]) == 0
+    static, time_aware = seen
+    assert not isinstance(static, CountCoded) and len(static) > 40
+    assert isinstance(time_aware, CountCoded) and len(time_aware) == 40
+    assert json.loads((out / "metrics.json").read_text())["temporal_qat"]["samples"] == 40
+    image, label = time_aware.data[0]  # a subset of the static epochs' images
+    assert any(torch.equal(image, static[i][0]) for i in range(len(static)))
 
 
 def test_an_interrupted_schedule_keeps_its_finished_points(tmp_path, monkeypatch):

@@ -170,7 +170,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
                         target_control=args.target_control, eval_samples=args.samples, init_v_fraction=args.init_v,
                         min_v_mem=args.min_v_mem, temporal_qat=True if args.time_aware_qat else None,
-                        temporal_epochs=args.time_aware_epochs,
+                        temporal_epochs=args.time_aware_epochs, temporal_samples=args.time_aware_samples,
                         single_spike=args.single_spike, percentile=args.percentile, frames=frames, seed=args.seed,
                         train_epochs=args.train_epochs, progress=not args.quiet,
                         event_augment=None if args.event_augment == "none" else args.event_augment,
@@ -406,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--time-aware-epochs", type=int, metavar="N",
                     help="time-aware QAT only in the last N epochs of each point; the first ones train the static "
                          "QReLU network, T x cheaper (default: every epoch)")
+    cv.add_argument("--time-aware-samples", type=int, metavar="N",
+                    help="train the time-aware epochs on a fixed random subset of N training samples (each costs T "
+                         "static ones; default: the whole training split)")
     cv.add_argument("--target-control", type=float, metavar="GAIN",
                     help="closed-loop QAT target: once the SynOps settle, lower the loss's S0 by (target/S)^GAIN per "
                          "epoch so the trained net lands on the target (default: 0.5 on event data, 0 = Eq. 2 as "

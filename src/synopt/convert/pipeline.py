@@ -75,6 +75,8 @@ class ConvertConfig:
     #                                   True on static images: QAT on count-coded input over T steps)
     temporal_epochs: int | None = None  # time-aware QAT only in the last N epochs of each point, the first ones on
     #                                      the static QReLU (T x cheaper); None: every epoch
+    temporal_samples: int | None = None  # time-aware QAT epochs train on a seeded subset of this many training
+    #                                       samples (each costs T static ones); None: the whole training split
     fine_bins: int = 30  # time-aware QAT: every recording as this many time bins, cut into random frames
     extra_timesteps: list[int] = field(default_factory=list)  # static data: also simulate every point at these T
     qat_frames: list[int] | None = None  # time-aware QAT: frame counts drawn per recording (None: the simulated
@@ -240,6 +242,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     if cfg.temporal_epochs is not None and not 1 <= cfg.temporal_epochs <= cfg.epochs:
         raise ValueError(f"--time-aware-epochs must be between 1 and --epochs ({cfg.epochs}), "
                          f"got {cfg.temporal_epochs}")
+    if cfg.temporal_samples is not None and cfg.temporal_samples < 1:
+        raise ValueError(f"--time-aware-samples must be at least 1, got {cfg.temporal_samples}")
     if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
         raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
     torch.manual_seed(cfg.seed)
@@ -247,9 +251,10 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     model, model_shape, notes = load_model(cfg.source)  # every check before the run folder is written
     splits, sim_splits, train_images = _splits(cfg)
     temporal = _use_temporal_qat(cfg, splits.is_event)
-    if cfg.temporal_epochs is not None and not temporal:
-        raise ValueError("--time-aware-epochs needs time-aware QAT: add --time-aware-qat (static images) or keep it on "
-                         "(event data)")
+    for flag, value in (("--time-aware-epochs", cfg.temporal_epochs), ("--time-aware-samples", cfg.temporal_samples)):
+        if value is not None and not temporal:
+            raise ValueError(f"{flag} needs time-aware QAT: add --time-aware-qat (static images) or keep it on "
+                             "(event data)")
     if splits.is_event and cfg.extra_timesteps:
         raise ValueError("extra time steps serve static images only: on event data the framing depends on T "
                          "(run one conversion per T)")
@@ -325,7 +330,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         qat_train, qat_val, framing = train_images, splits.val, None
         if static_temporal:
             framing = RandomFraming(cfg.timesteps, (cfg.timesteps,))  # T bins into T frames: the count coding
-            qat_train, qat_val = CountCoded(train_images, cfg.timesteps), est_val  # T x the cost: validate on fewer
+            qat_train = CountCoded(seeded_subset(train_images, cfg.temporal_samples, cfg.seed), cfg.timesteps)
+            qat_val = est_val  # T x the cost: validate on fewer
             metrics["temporal_qat"] = {"count_coded_steps": cfg.timesteps}
             notes.append(f"static images: time-aware QAT on count-coded input (x/T over T = {cfg.timesteps} steps); "
                          "the loss and the estimates see the IF counts of the simulated network")
@@ -334,10 +340,14 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             shift = "shift" if "shift" in augmentation_parts(cfg.event_augment) else None  # prefix: images only
             qat_train, qat_val = _train_split(cfg, representation="frames", n_time_bins=framing.fine_bins,
                                               augment=shift)
+            qat_train = seeded_subset(qat_train, cfg.temporal_samples, cfg.seed)
             shares = {t: framing.frames.count(t) / len(framing.frames) for t in sorted(set(framing.frames))}
             metrics["temporal_qat"] = {"fine_bins": framing.fine_bins, "frames": shares}
             notes.append(f"event data: time-aware QAT on random framings of {framing.fine_bins} time bins into "
                          + ", ".join(f"{t} ({100 * w:.0f}%)" for t, w in shares.items()) + " frames")
+        if temporal and cfg.temporal_samples:
+            metrics["temporal_qat"]["samples"] = len(qat_train)
+            notes.append(f"time-aware QAT epochs on {len(qat_train):,} training samples")
 
         def simulated_val_synops(net: QReLUNetwork) -> float:
             return _sim(net.net, "count", sim_splits, cfg, shape, "val", cfg.estimate_samples).synops

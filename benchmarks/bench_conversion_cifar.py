@@ -189,7 +189,10 @@ def main() -> None:
         rows.append((p["target"], p["sim_synops"], p["sim_accuracy"], at, need, need / p["sim_synops"],
                      p.get("qrelu_time_aware_accuracy", p["qrelu_accuracy"]), p.get("calibration_scale", 1.0)))
     within = [r for r in rows if r[2] >= ann_acc - 0.01]
-    best_ratio = max((r[5] for r in rows), default=math.nan)
+    # the check counts accuracies both curves reach; above the whole rho curve the bound also credits the QAT's
+    # extra training epochs (which lift an under-trained ANN) to the SynOp loss
+    best_ratio = max((r[5] for r in rows if r[3] == r[2]), default=math.nan)
+    best_bound = max((r[5] for r in rows if r[3] < r[2]), default=math.nan)
     lowest = min(within, key=lambda r: r[1]) if within else None
     n_test = m_rho["points"][0].get("samples", args.eval_samples)
     n_done = len(m_q["points"])
@@ -229,8 +232,10 @@ def main() -> None:
           for t, s, a, at, n, r, e, c in rows],
         "",
         f"- The rho curve tops out at {100 * rho_best:.2f}%; points above it are compared at that accuracy, which "
-        "they reach with at most their SynOps (ratio marked >=).",
-        f"- SynOp-loss curve vs rho curve at equal accuracy: best ratio {best_ratio:.1f}x "
+        "they reach with at most their SynOps (ratio marked >="
+        + (f"; best {best_bound:.1f}x). Such a bound also credits the QAT's extra training epochs to the SynOp loss, "
+           "so the check below does not count it." if math.isfinite(best_bound) else ")."),
+        f"- SynOp-loss curve vs rho curve at accuracies both reach: best ratio {best_ratio:.1f}x "
         f"({'meets' if best_ratio >= 10 else 'does NOT meet'} the >= 10x of section 3.2.2).",
         (f"- lowest SynOps within 1 point of the ANN ({100 * ann_acc:.2f}%): {lowest[1]:,.0f} = "
          f"{lowest[1] / macs:.3f} x MACs at {100 * lowest[2]:.2f}% "

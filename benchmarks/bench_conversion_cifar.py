@@ -48,6 +48,7 @@ def synops_at_accuracy(curve: list[tuple[float, float]], acc: float) -> float:
 def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
     """Table rows for the rho values and QAT points of ``--recheck-*`` simulated on ``--recheck-samples`` test images
     (each result cached in ``WORK/recheck.json`` under its network and sample count)."""
+    from synopt.convert.pipeline import prepare_options
     from synopt.convert.qat import qrelu_network
     from synopt.convert.rho import scale_first_layer
     from synopt.convert.to_sinabs import to_sinabs
@@ -57,7 +58,7 @@ def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
 
     cache_path = work / "recheck.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    prepared, _ = prepare(ann, fold_bn=True, maxpool="avg", softmax="remove", bias="keep")
+    prepared, _ = prepare(ann, **prepare_options({}))  # the pipeline's defaults, as in every run compared here
     prepared.eval()
     nets = [(f"rho = {float(r):g}", f"rho={float(r):g}", lambda r=float(r): scale_first_layer(prepared, r))
             for r in filter(None, args.recheck_rhos.split(","))]

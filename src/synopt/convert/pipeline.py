@@ -330,8 +330,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         qat_train, qat_val, framing = train_images, splits.val, None
         if static_temporal:
             framing = RandomFraming(cfg.timesteps, (cfg.timesteps,))  # T bins into T frames: the count coding
-            qat_train = CountCoded(seeded_subset(train_images, cfg.temporal_samples, cfg.seed), cfg.timesteps)
-            qat_val = est_val  # T x the cost: validate on fewer
+            qat_train, qat_val = CountCoded(train_images, cfg.timesteps), est_val  # T x the cost: validate on fewer
             metrics["temporal_qat"] = {"count_coded_steps": cfg.timesteps}
             notes.append(f"static images: time-aware QAT on count-coded input (x/T over T = {cfg.timesteps} steps); "
                          "the loss and the estimates see the IF counts of the simulated network")
@@ -340,12 +339,12 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             shift = "shift" if "shift" in augmentation_parts(cfg.event_augment) else None  # prefix: images only
             qat_train, qat_val = _train_split(cfg, representation="frames", n_time_bins=framing.fine_bins,
                                               augment=shift)
-            qat_train = seeded_subset(qat_train, cfg.temporal_samples, cfg.seed)
             shares = {t: framing.frames.count(t) / len(framing.frames) for t in sorted(set(framing.frames))}
             metrics["temporal_qat"] = {"fine_bins": framing.fine_bins, "frames": shares}
             notes.append(f"event data: time-aware QAT on random framings of {framing.fine_bins} time bins into "
                          + ", ".join(f"{t} ({100 * w:.0f}%)" for t, w in shares.items()) + " frames")
         if temporal and cfg.temporal_samples:
+            qat_train = seeded_subset(qat_train, cfg.temporal_samples, cfg.seed)
             metrics["temporal_qat"]["samples"] = len(qat_train)
             notes.append(f"time-aware QAT epochs on {len(qat_train):,} training samples")
 

@@ -61,9 +61,10 @@ def run_variant(name: str, work: Path, root: Path, seed: int, args) -> list[dict
         b = convert(base / f"baseline-{i}", root, ann, seed, model, method="rho", rho=1.0, **framing,
                     **opts)["baseline"]
         target = b["sim_synops"] / args.cut
-        m = convert(base / f"qat-{i}{args.qat_tag}", root, ann, seed, model, method="qrelu", target_synops=target,
-                    epochs=args.epochs, lr=args.lr, target_control=args.target_control, **framing, **opts)
-        p = m["points"][0]
+        m = convert(base / f"qat-{i}{args.qat_tag}", root, ann, seed, model, method="qrelu",
+                    target_synops=target * 2 ** (args.points - 1), schedule_points=args.points, epochs=args.epochs,
+                    lr=args.lr, target_control=args.target_control, **framing, **opts)
+        p = m["points"][-1]  # the last point of a halving schedule is at baseline / cut
         row = {"variant": name, "seed": seed, "framing": label, "ann_acc": m0["ann_accuracy"],
                "base_acc": b["sim_accuracy"], "base_synops": b["sim_synops"], "target": target,
                "est_acc": p["qrelu_accuracy"], "est_synops": p["qrelu_synops"],
@@ -140,6 +141,8 @@ def main() -> None:
     ap.add_argument("--target-control", type=float, default=None,
                     help="closed-loop QAT target gain (0: off; default: the pipeline's, 0.5 on event data)")
     ap.add_argument("--cut", type=float, default=6.0, help="QAT target = baseline SNN SynOps / cut")
+    ap.add_argument("--points", type=int, default=1, help="reach the target by a halving schedule of this many "
+                                                          "points (Sorbaro 2.4.2 step 3), --epochs each")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the event variant")
     ap.add_argument("--image-seeds", type=int, nargs="*", default=[0], help="seeds of the image (pre-fix) variant")
     ap.add_argument("--framings", nargs="+", default=[f for f, _ in FRAMINGS], choices=[f for f, _ in FRAMINGS])
@@ -170,8 +173,10 @@ def main() -> None:
     body = (f"N-MNIST (real recordings; 900 train / 100 validation / 100 test), zoo `mnistdvs` at 2x34x34"
             f"{' without dropout' if args.no_dropout else ''}"
             f"{f', training augmentation {args.event_augment}' if args.event_augment else ''}, ANN trained "
-            f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}, target = baseline SNN SynOps / "
-            f"{args.cut:g}; closed-loop target gain {gain}; {args.threads} torch thread(s). Variants: **event** = "
+            f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}"
+            + (f" per point of a {args.points}-point halving schedule (from 2^{args.points - 1} x the target, each "
+               "point initialised from the previous one)" if args.points > 1 else "")
+            + f", target = baseline SNN SynOps / {args.cut:g}; closed-loop target gain {gain}; {args.threads} torch thread(s). Variants: **event** = "
             "the pipeline's defaults for event data (ANN on prefix-augmented images, time-aware QAT on random framings of 30 time bins into the "
             "simulated framing's frame counts, rho choice and calibration on the time-aware estimate of the "
             "simulated framing); **image** = ANN and QAT on whole-recording images as before the fix (estimates and "
@@ -188,6 +193,7 @@ def main() -> None:
     if not args.no_write:
         title = "Conversion on N-MNIST events (MNIST-DVS network)"
         title += f", QAT {args.epochs} epochs" if args.qat_tag else ""
+        title += f" x {args.points} halving points" if args.points > 1 else ""
         title += ", ANN without dropout" if args.no_dropout else ""
         title += f", {args.event_augment} augmentation" if args.event_augment else ""
         write_section(args.section, title, body)

@@ -160,6 +160,8 @@ def main() -> None:
     ap.add_argument("--reference", help="rows.json of an earlier run (e.g. the open-loop gain 0) to show next to "
                                         "this one")
     args = ap.parse_args()
+    if args.points < 1:
+        ap.error(f"--points must be >= 1 (got {args.points})")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -176,7 +178,8 @@ def main() -> None:
             f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}"
             + (f" per point of a {args.points}-point halving schedule (from 2^{args.points - 1} x the target, each "
                "point initialised from the previous one)" if args.points > 1 else "")
-            + f", target = baseline SNN SynOps / {args.cut:g}; closed-loop target gain {gain}; {args.threads} torch thread(s). Variants: **event** = "
+            + f", target = baseline SNN SynOps / {args.cut:g}; closed-loop target gain {gain}; {args.threads} torch "
+            "thread(s). Variants: **event** = "
             "the pipeline's defaults for event data (ANN on prefix-augmented images, time-aware QAT on random framings of 30 time bins into the "
             "simulated framing's frame counts, rho choice and calibration on the time-aware estimate of the "
             "simulated framing); **image** = ANN and QAT on whole-recording images as before the fix (estimates and "

@@ -223,14 +223,17 @@ def main() -> None:
                "point initialised from the previous one)" if args.points > 1 else "")
             + f", target = baseline SNN SynOps / {args.cut:g}; closed-loop target gain {gain}; {args.threads} torch "
             "thread(s). Variants: **event** = "
-            "the pipeline's defaults for event data (ANN on prefix-augmented images, time-aware QAT on random framings of 30 time bins into the "
+            "the pipeline's defaults for event data (ANN on prefix-augmented images, time-aware QAT on random "
+            "framings of 30 time bins into the "
             "simulated framing's frame counts, rho choice and calibration on the time-aware estimate of the "
             "simulated framing); **image** = ANN and QAT on whole-recording images as before the fix (estimates and "
             "calibration still on the simulated framing). *Image estimate*: the QReLU network on the collapsed test "
             "images, which the pre-fix pipeline calibrated on; *time-aware estimate = SNN*: whether the time-aware "
             "estimate on the test frames equals the simulation in accuracy and SynOps. SynOps exclude the input "
-            "events (they do not depend on the weights). 100 test samples: 1 sample = 1 point, so a 1.3-point "
-            "difference is below the resolution of this test set (binomial s.e. about 3.5 points at 85%).\n\n"
+            "events (they do not depend on the weights). 100 test samples per run: 1 sample = 1 point, so a "
+            "1.3-point difference is below the resolution of one run (binomial s.e. about 3.5 points at 85%)"
+            + (f"; over the {len(folds)} folds each recording is tested once, and the s.e. of the mean change is "
+               "taken over the folds' paired changes" if args.folds > 1 else "") + ".\n\n"
             + summary(rows) + "\n" + table(rows))
     if args.reference:
         ref = json.loads(Path(args.reference).read_text())

@@ -233,7 +233,7 @@ def main() -> None:
             "events (they do not depend on the weights). 100 test samples per run: 1 sample = 1 point, so a "
             "1.3-point difference is below the resolution of one run (binomial s.e. about 3.5 points at 85%)"
             + (f"; over the {len(folds)} folds each recording is tested once, and the s.e. of the mean change is "
-               "taken over the folds' paired changes" if args.folds > 1 else "") + ".\n\n"
+               "taken over the folds' paired changes" if len(folds) == args.folds > 1 else "") + ".\n\n"
             + summary(rows) + "\n" + table(rows))
     if args.reference:
         ref = json.loads(Path(args.reference).read_text())

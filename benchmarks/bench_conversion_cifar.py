@@ -92,6 +92,8 @@ def main() -> None:
     ap.add_argument("--qat-samples", type=int, default=None, help="training images per QAT epoch (default: all "
                     "--train-samples)")
     ap.add_argument("--ann-epochs", type=int, default=6)
+    ap.add_argument("--bf16-ann", action="store_true",
+                    help="train the ANN under CPU bfloat16 autocast (1.75x faster with AVX512-BF16; QAT stays fp32)")
     ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--qat-lr", type=float, default=1e-4)
     ap.add_argument("--target-control", type=float, default=None,
@@ -144,9 +146,9 @@ def main() -> None:
         net = zoo.build("allconvnet", **overrides)
         train = seeded_subset(data.load("cifar10", str(root), split_seed=0, augment="crop+flip").train,
                               args.train_samples, 0)
-        fit(net, train, splits.val, TrainConfig(epochs=args.ann_epochs, batch_size=64, lr=1e-3, weight_decay=1e-4,
-                                               schedule="cosine", seed=0), checkpoint_dir=work / "ann-ckpt",
-            desc="All-ConvNet ANN")
+        cfg = TrainConfig(epochs=args.ann_epochs, batch_size=64, lr=1e-3, weight_decay=1e-4, schedule="cosine",
+                          seed=0, bf16=args.bf16_ann)
+        fit(net, train, splits.val, cfg, checkpoint_dir=work / "ann-ckpt", desc="All-ConvNet ANN")
         save_checkpoint(ckpt, {"state_dict": net.state_dict()})
     net = zoo.build("allconvnet", **overrides)
     net.load_state_dict(load_checkpoint(ckpt)["state_dict"])
@@ -210,7 +212,8 @@ def main() -> None:
     lines = [
         f"CIFAR-10, All-ConvNet with channel width x{args.width:g}{bn_note} ({macs:,} MACs; the paper's x1 net has "
         f"270,798,336 here), ANN trained {args.ann_epochs} epochs on {args.train_samples:,} images (random crop + "
-        f"flip, Adam 1e-3, cosine): test accuracy {100 * ann_acc:.2f}%. SNNs simulated T = {args.timesteps} steps, "
+        f"flip, Adam 1e-3, cosine{', bf16 autocast' if args.bf16_ann else ''}): test accuracy {100 * ann_acc:.2f}%. "
+        f"SNNs simulated T = {args.timesteps} steps, "
         f"count coding, first {n_test:,} test images. QAT: {args.qat_epochs} epoch(s) per point on "
         f"{args.qat_samples or args.train_samples:,} training images (lr {args.qat_lr:g}"
         f"{ta_note}; closed-loop target gain "

@@ -35,6 +35,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     progress: bool = True
+    bf16: bool = False  # CPU bfloat16 autocast of forward + loss (plain training only; weights stay float32)
 
 
 @dataclass
@@ -89,6 +90,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None, cfg: TrainConfig,
 
     ``extra_loss(model, x, logits)`` returns a scalar added to the loss and a dict of numbers shown live and logged.
     """
+    if cfg.bf16 and extra_loss is not None:
+        raise ValueError("bf16 autocast is for plain training only: a penalty such as the SynOp loss counts "
+                         "activations that bfloat16 would round; train it with bf16=False")
     torch.manual_seed(cfg.seed)
     opt = make_optimizer(param_groups or model.parameters(), cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1), eta_min=0.0) \
@@ -114,8 +118,9 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None, cfg: TrainConfig,
         t0 = time.perf_counter()
         bar = tqdm(dl, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=None if cfg.progress else True, leave=False)
         for x, y in bar:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             logs = {"ce": float(loss.detach())}
             if extra_loss is not None:
                 extra, more = extra_loss(model, x, logits)

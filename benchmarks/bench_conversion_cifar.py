@@ -106,6 +106,11 @@ def main() -> None:
                     help="with --time-aware-qat: the time-aware epochs on a subset of this many training images")
     ap.add_argument("--first-fraction", type=float, default=0.5,
                     help="first target = this fraction of the starting rho's SNN SynOps (0.5: the paper's halving)")
+    ap.add_argument("--no-calibrate", action="store_true",
+                    help="report every point where QAT left it (no first-layer calibration onto the target, as in "
+                         "the paper's procedure)")
+    ap.add_argument("--halve-from", choices=("target", "achieved"), default="target",
+                    help="next target = previous target / 2, or the SynOps the previous point reached / 2 (step 3a)")
     ap.add_argument("--qat-dir", default="qrelu", help="folder under --work for the QAT run (reuse ANN and rho)")
     ap.add_argument("--report-only", action="store_true",
                     help="write the section from the points the QAT run has finished so far (no training)")
@@ -179,7 +184,8 @@ def main() -> None:
            # else resume the schedule from its checkpoints
            run_conversion(ConvertConfig(out=str(q_dir), method="qrelu", rho=start["rho"], lr=args.qat_lr,
                                         target_synops=start["sim_synops"] * args.first_fraction,
-                                        schedule_points=args.points,
+                                        schedule_points=args.points, calibrate=not args.no_calibrate,
+                                        halve_from=args.halve_from,
                                         target_control=args.target_control,
                                         temporal_qat=True if args.time_aware_qat else None,
                                         temporal_epochs=args.time_aware_epochs,
@@ -219,7 +225,9 @@ def main() -> None:
         f"{ta_note}; closed-loop target gain "
         f"{m_q.get('target_control', 0):g}), "
         f"starting from rho = {start['rho']:g} (SNN {100 * start['sim_accuracy']:.2f}% at {start['sim_synops']:,.0f} "
-        f"SynOps), first target {args.first_fraction:g} x its SynOps, then halved {args.points - 1} times{partial}.",
+        f"SynOps), first target {args.first_fraction:g} x its SynOps, then halved {args.points - 1} times"
+        f"{' (each time from the SynOps the previous point reached)' if args.halve_from == 'achieved' else ''}"
+        f"{partial}{'; no calibration: every point as QAT left it' if args.no_calibrate else ''}.",
         "",
         "First-layer scaling (rho) curve:",
         "",

@@ -66,6 +66,8 @@ def test_simulate_reloads_the_snn(run_dir, tmp_path):
      "--time-aware-samples needs time-aware QAT"),
     (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--time-aware-qat", "--time-aware-samples", "0",
       "--out", "OUT"], "--time-aware-samples must be at least 1, got 0"),
+    (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--schedule", "2", "--halve-from", "previous",
+      "--out", "OUT"], "--halve-from: invalid choice: 'previous'"),
     (["convert", "--model", "mnistdvs", "--dataset", "nmnist", "--target-synops", "1e5", "--event-augment", "jitter",
       "--out", "OUT"], "--event-augment: invalid choice: 'jitter'"),
 ])
@@ -150,6 +152,35 @@ def test_target_fraction_halves_the_starting_synops(tmp_path):
     start = m["start_synops"]
     assert [p["target"] for p in m["points"]] == [pytest.approx(start / 2), pytest.approx(start / 4)]
     assert m["points"][0]["sim_synops"] == pytest.approx(start / 2, rel=0.1)  # calibrated onto the target
+
+
+def test_halve_from_achieved_halves_what_the_previous_point_reached(tmp_path):
+    """--halve-from achieved (step 3a of 003_* section 2.4.2: 'half of the current SynOps'): without calibration a
+    point lands where QAT leaves it, and the next target is half the SynOps it reached on the validation data (the
+    QReLU estimate of the saved point, recomputed here), not half the previous target."""
+    from synopt import data, energy
+    from synopt.convert.pipeline import prepare_options
+    from synopt.convert.qat import estimate, qrelu_network
+    from synopt.graph import prepare
+    from synopt.runs import load_checkpoint
+    from synopt.zoo import build
+
+    out = tmp_path / "run"
+    assert main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "4", "--target-synops",
+                 "3e4", "--schedule", "2", "--no-calibrate", "--halve-from", "achieved", "--epochs", "1",
+                 "--timesteps", "3", "--samples", "50", "--out", str(out), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    first, second = m["points"]
+    assert "calibration_scale" not in first and first["target"] == 3e4
+    assert second["target"] == pytest.approx(first["reached_synops"] / 2)
+    assert first["reached_synops"] != pytest.approx(first["target"], rel=1e-3)  # uncalibrated: not the target
+    ann = build("digitsnet")
+    ann.load_state_dict(load_checkpoint(out / "source" / "ann.pt")["state_dict"])
+    qnet = qrelu_network(prepare(ann, **prepare_options({}))[0], m["rho"])
+    qnet.load_state_dict(load_checkpoint(out / "points" / "point0.pt")["state_dict"])
+    _, reached, _ = estimate(qnet, energy.analyze(qnet.net, m["input_shape"]), data.load("digits", split_seed=0).val,
+                             2000)
+    assert first["reached_synops"] == pytest.approx(reached, rel=1e-6)
 
 
 @pytest.mark.parametrize("time_aware_epochs", [None, 1])

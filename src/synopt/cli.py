@@ -165,7 +165,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         frames = {"event_count": args.event_count}
     cfg = ConvertConfig(source=source, dataset=args.dataset, out=args.out, data_root=args.data_root,
                         method=args.method, target_synops=args.target_synops, target_fraction=args.target_fraction,
-                        schedule_points=args.schedule,
+                        schedule_points=args.schedule, halve_from=args.halve_from,
                         timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                         batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
                         target_control=args.target_control, eval_samples=args.samples, init_v_fraction=args.init_v,
@@ -392,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(0.5 = the paper's halving step)")
     cv.add_argument("--schedule", type=int, default=1, help="halve the target this many times, each model starting "
                                                            "from the previous one (default 1: one target)")
+    cv.add_argument("--halve-from", choices=("target", "achieved"), default="target",
+                    help="with --schedule: halve the previous target (default) or the SynOps the previous point "
+                         "reached on the validation data (003_* step 3a; differs from the target with --no-calibrate)")
     cv.add_argument("--timesteps", "-T", type=int, default=10, help="simulation time steps (default 10)")
     cv.add_argument("--epochs", type=int, default=5, help="QAT epochs per target (default 5)")
     cv.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (Adam, cosine; default 1e-3)")

@@ -45,6 +45,8 @@ class ConvertConfig:
     target_synops: float | None = None
     target_fraction: float | None = None  # qrelu: first target = this fraction of the QReLU net's SynOps at rho
     schedule_points: int = 1  # >1: halve the target this many times
+    halve_from: str = "target"  # target: next target = this target / 2; achieved: = the SynOps this point reached
+    #                             on the validation data / 2 (step 3a of 003_* section 2.4.2; differs without calibration)
     timesteps: int = 10
     epochs: int = 5
     lr: float = 1e-4
@@ -244,6 +246,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                          f"got {cfg.temporal_epochs}")
     if cfg.temporal_samples is not None and cfg.temporal_samples < 1:
         raise ValueError(f"--time-aware-samples must be at least 1, got {cfg.temporal_samples}")
+    if cfg.halve_from not in ("target", "achieved"):
+        raise ValueError(f"--halve-from must be target or achieved, got {cfg.halve_from!r}")
     if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
         raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
     torch.manual_seed(cfg.seed)
@@ -360,7 +364,6 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             metrics["start_synops"] = start
             notes.append(f"first target {first:,.0f} SynOps = {cfg.target_fraction:g} x {start:,.0f} (the QReLU "
                          f"network at rho = {rho:g})")
-        targets = [first / 2 ** i for i in range(max(cfg.schedule_points, 1))]
         gain = cfg.target_control if cfg.target_control is not None else (
             EVENT_TARGET_CONTROL if splits.is_event else 0.0)
         metrics["target_control"] = gain
@@ -369,7 +372,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             metrics["temporal_qat"]["epochs"] = cfg.temporal_epochs
             notes.append(f"time-aware QAT only in the last {cfg.temporal_epochs} of {cfg.epochs} epochs per point; "
                          "the first ones train the static QReLU network")
-        for i, target in enumerate(targets):
+        target = first
+        for i in range(max(cfg.schedule_points, 1)):
             label = f"target={target:.4g}"
             hist = []
             if static_epochs:
@@ -392,7 +396,12 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                                              measure=measure)
                 point.update({"calibration_scale": c, "calibrated_estimate": syn})
             else:
-                qnet_cal = qnet
+                qnet_cal, syn = qnet, None
+            if cfg.halve_from == "achieved":  # the next target is half the SynOps reached on the validation data
+                if syn is None:
+                    syn = measure(qnet_cal) if measure else estimate(qnet_cal, account, est_val, cfg.estimate_samples,
+                                                                     collate_fn=sim_splits.collate_fn)[1]
+                point["reached_synops"] = syn
             n_eval = min(cfg.eval_samples or len(splits.test), len(splits.test))
             # the samples simulated below; on event frames the estimate is time-aware (= the SNN's count)
             est_acc, est_syn, _ = estimate(qnet_cal, account, sim_splits.test, n_eval,
@@ -410,6 +419,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             save_checkpoint(out / "points" / f"point{i}.pt", {"state_dict": qnet_cal.state_dict(), "target": target})
             run.write_metrics(metrics)  # an interrupted schedule keeps its finished points
             qnet = qnet_cal  # the next (halved) target starts from this model
+            target = point.get("reached_synops", target) / 2
         final_net = qnet.net
     snn_dir = out / "snn"
     save_checkpoint(snn_dir / "weights.pt", {"state_dict": final_net.state_dict()})

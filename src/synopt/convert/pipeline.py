@@ -409,9 +409,11 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             if splits.is_event:
                 img_acc, img_syn, _ = estimate(qnet_cal, account, splits.test, n_eval)
                 point.update({"qrelu_image_accuracy": img_acc, "qrelu_image_synops": img_syn})
-            if static_temporal:
-                ta_acc, ta_syn, _ = estimate(qnet_cal, account, CountCoded(splits.test, cfg.timesteps), n_eval)
-                point.update({"qrelu_time_aware_accuracy": ta_acc, "qrelu_time_aware_synops": ta_syn})
+            if static_temporal:  # a check on the simulation's first test images (it costs more than simulating)
+                n_ta = min(n_eval, cfg.estimate_samples)
+                ta_acc, ta_syn, _ = estimate(qnet_cal, account, CountCoded(splits.test, cfg.timesteps), n_ta)
+                point.update({"qrelu_time_aware_accuracy": ta_acc, "qrelu_time_aware_synops": ta_syn,
+                              "qrelu_time_aware_samples": n_ta})
             res = _sim(qnet_cal.net, "count", sim_splits, cfg, shape)
             metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn,
                                             at_timesteps=_at_timesteps(qnet_cal.net, "count", sim_splits, cfg, shape),

@@ -109,6 +109,8 @@ def main() -> None:
     ap.add_argument("--no-calibrate", action="store_true",
                     help="report every point where QAT left it (no first-layer calibration onto the target, as in "
                          "the paper's procedure)")
+    ap.add_argument("--relative-lr", action="store_true",
+                    help="QAT learning rate of every tensor x its scale against the ANN (convert --relative-lr)")
     ap.add_argument("--halve-from", choices=("target", "achieved"), default="target",
                     help="next target = previous target / 2, or the SynOps the previous point reached / 2 (step 3a)")
     ap.add_argument("--qat-dir", default="qrelu", help="folder under --work for the QAT run (reuse ANN and rho)")
@@ -185,7 +187,7 @@ def main() -> None:
            run_conversion(ConvertConfig(out=str(q_dir), method="qrelu", rho=start["rho"], lr=args.qat_lr,
                                         target_synops=start["sim_synops"] * args.first_fraction,
                                         schedule_points=args.points, calibrate=not args.no_calibrate,
-                                        halve_from=args.halve_from,
+                                        halve_from=args.halve_from, relative_lr=args.relative_lr,
                                         target_control=args.target_control,
                                         temporal_qat=True if args.time_aware_qat else None,
                                         temporal_epochs=args.time_aware_epochs,
@@ -227,7 +229,8 @@ def main() -> None:
         f"starting from rho = {start['rho']:g} (SNN {100 * start['sim_accuracy']:.2f}% at {start['sim_synops']:,.0f} "
         f"SynOps), first target {args.first_fraction:g} x its SynOps, then halved {args.points - 1} times"
         f"{' (each time from the SynOps the previous point reached)' if args.halve_from == 'achieved' else ''}"
-        f"{partial}{'; no calibration: every point as QAT left it' if args.no_calibrate else ''}.",
+        f"{partial}{'; no calibration: every point as QAT left it' if args.no_calibrate else ''}"
+        f"{'; each tensor learns at lr x its scale against the ANN (--relative-lr)' if args.relative_lr else ''}.",
         "",
         "First-layer scaling (rho) curve:",
         "",

@@ -289,3 +289,45 @@ def test_qrelu_network_drops_the_dropout_before_the_last_activation():
     # a plain Sequential with dropout only after the last activation keeps it
     seq = qrelu_network(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4, 2)))
     assert seq.dropout_removed == [] and isinstance(seq.net[2], nn.Dropout)
+
+
+def test_relative_lr_follows_each_tensor_scale_against_the_ann():
+    """--relative-lr: rho multiplies the input layer's weights and every bias and divides the output layer's
+    weights (rho.py), so their learning rates are lr x rho, lr x rho and lr / rho; the rest keep lr. One Adam step
+    then changes the input layer by the same fraction of itself as it would in the unscaled network."""
+    from synopt.convert.pipeline import prepare_options
+    from synopt.convert.qat import qrelu_network, relative_lr_groups
+    from synopt.convert.rho import input_and_output_layers
+    from synopt.graph import prepare
+    from synopt.zoo import build
+
+    torch.manual_seed(0)
+    ann = prepare(build("digitsnet"), **prepare_options({}))[0].eval()
+    with torch.no_grad():  # biases as BN folding leaves them (a zero tensor has no scale and keeps lr)
+        for name, p in ann.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    first, last = input_and_output_layers(ann)
+    qnet = qrelu_network(ann, 64.0)
+    groups = {g["name"]: g["lr"] for g in relative_lr_groups(qnet, ann, 1e-3)}
+    assert len(groups) == len(list(ann.parameters()))
+    for name, lr in groups.items():
+        layer, kind = name.rsplit(".", 1)
+        expected = 1e-3 * (64.0 if kind == "bias" or layer in first else 1.0) / (64.0 if kind == "weight" and
+                                                                                 layer in last else 1.0)
+        assert lr == pytest.approx(expected, rel=1e-5), name
+    assert 1e-3 * 64 in [pytest.approx(v) for v in groups.values()] and 1e-3 / 64 in [pytest.approx(v) for v in
+                                                                                       groups.values()]
+    # one step on the same gradient direction: the relative change of the input layer matches the unscaled net's
+    w_q = dict(qnet.net.named_parameters())[f"{first[0]}.weight"]
+    w_a = dict(ann.named_parameters())[f"{first[0]}.weight"]
+    before_q, before_a = w_q.detach().clone(), w_a.detach().clone()
+    opt_q = torch.optim.Adam(relative_lr_groups(qnet, ann, 1e-3))
+    opt_a = torch.optim.Adam(ann.parameters(), lr=1e-3)
+    for w, opt in ((w_q, opt_q), (w_a, opt_a)):
+        opt.zero_grad()
+        w.grad = torch.ones_like(w)
+        opt.step()
+    rel_q = float((w_q.detach() - before_q).norm() / before_q.norm())
+    rel_a = float((w_a.detach() - before_a).norm() / before_a.norm())
+    assert rel_q == pytest.approx(rel_a, rel=1e-4)

@@ -168,6 +168,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         schedule_points=args.schedule, halve_from=args.halve_from,
                         timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                         batch_size=args.batch_size, rho=args.rho, calibrate=not args.no_calibrate,
+                        relative_lr=args.relative_lr,
                         target_control=args.target_control, eval_samples=args.samples, init_v_fraction=args.init_v,
                         min_v_mem=args.min_v_mem, temporal_qat=True if args.time_aware_qat else None,
                         temporal_epochs=args.time_aware_epochs, temporal_samples=args.time_aware_samples,
@@ -402,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--batch-size", type=int, default=64)
     cv.add_argument("--rho", type=float, help="first-layer scale (default: chosen automatically; with --method rho "
                                               "the sweep is 0.5,1,2,...,32 unless one value is given)")
+    cv.add_argument("--relative-lr", action="store_true",
+                    help="QAT: every tensor's learning rate times its scale against the ANN, so the rho-scaled "
+                         "first layer learns at the ANN's relative pace (Adam's step is absolute)")
     cv.add_argument("--no-calibrate", action="store_true", help="do not calibrate the SynOps onto the target")
     cv.add_argument("--time-aware-qat", action="store_true",
                     help="static images: QAT on count-coded input over T steps, so the loss sees the IF counts of the "

@@ -55,6 +55,7 @@ class ConvertConfig:
     rho: float | None = None  # None: automatic
     rhos: list[float] = field(default_factory=lambda: list(RHO_GRID))
     calibrate: bool = True
+    relative_lr: bool = False  # qrelu: each tensor's learning rate x its scale against the ANN (qat.relative_lr_groups)
     calibration_tolerance: float = 0.02
     target_control: float | None = None  # closed-loop QAT target gain (qat.finetune ``control``; docs/conversion.md);
     #                                       None: 0.5 on event data, 0 (Eq. 2 as published) on static images
@@ -372,6 +373,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             metrics["temporal_qat"]["epochs"] = cfg.temporal_epochs
             notes.append(f"time-aware QAT only in the last {cfg.temporal_epochs} of {cfg.epochs} epochs per point; "
                          "the first ones train the static QReLU network")
+        lr_reference = ann if cfg.relative_lr else None
         target = first
         for i in range(max(cfg.schedule_points, 1)):
             label = f"target={target:.4g}"
@@ -379,13 +381,14 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             if static_epochs:
                 hist = finetune(qnet, train_images, splits.val, dataclasses.replace(train_cfg, epochs=static_epochs),
                                 shape, target=target, checkpoint_dir=out / "checkpoints" / f"point{i}-static",
-                                desc=f"QAT {label} (static)", control=gain)
+                                desc=f"QAT {label} (static)", control=gain, lr_reference=lr_reference)
                 for row in hist:
                     row["time_aware"] = False
             last = finetune(qnet, qat_train, qat_val,
                             dataclasses.replace(train_cfg, epochs=cfg.epochs - static_epochs), shape, target=target,
                             checkpoint_dir=out / "checkpoints" / f"point{i}", desc=f"QAT {label}", framing=framing,
-                            control=gain, control_start=hist[-1]["control_gain"] if hist else 1.0)
+                            control=gain, control_start=hist[-1]["control_gain"] if hist else 1.0,
+                            lr_reference=lr_reference)
             for row in last:
                 row["time_aware"] = temporal
             hist += last

@@ -126,6 +126,27 @@ def estimate(qnet: QReLUNetwork, account: energy.NetworkAccount, data: Dataset, 
     return correct / seen, sum(per_layer.values()), per_layer
 
 
+def relative_lr_groups(qnet: QReLUNetwork, reference: nn.Module, lr: float) -> list[dict]:
+    """One optimiser group per parameter of ``qnet`` with learning rate ``lr`` times the tensor's norm over that of the
+    same tensor in ``reference`` (the ANN the QReLU network was made from; 1 where it has none or is all zero).
+
+    Adam moves every weight by about lr per step whatever its gradient, so a tensor that first-layer scaling
+    (rho.py) multiplied by rho = 64 learns 64 times more slowly, relative to its own size, than it did in the ANN,
+    and the SynOp loss cannot lower the activity of the first layer (docs/conversion.md, "relative learning rate").
+    Scaling each tensor's rate by its scale restores the ANN's relative step: x rho for the input layer and the
+    biases, / rho for the output layer, 1 elsewhere on the first point, then whatever the scale has become.
+    """
+    ref = dict(reference.named_parameters())
+    groups = []
+    for name, p in qnet.net.named_parameters():
+        r = ref.get(name)
+        scale = 1.0
+        if r is not None and r.shape == p.shape and float(r.detach().norm()) > 0 and float(p.detach().norm()) > 0:
+            scale = float(p.detach().norm()) / float(r.detach().norm())
+        groups.append({"params": [p], "lr": lr * scale, "name": name})
+    return groups
+
+
 SETTLED = 0.1  # closed-loop target: the epoch's SynOps within 10 % of the previous epoch's count as settled
 
 
@@ -144,7 +165,7 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
              checkpoint_dir: str | Path | None = None, desc: str = "qat",
              on_epoch_end: Callable[[int, dict], None] | None = None,
              framing: RandomFraming | None = None, control: float = 0.0,
-             control_start: float = 1.0) -> list[dict]:
+             control_start: float = 1.0, lr_reference: nn.Module | None = None) -> list[dict]:
     """Fine-tune ``qnet`` in place with cross-entropy + SynOp loss (Eq. 2 of 003_*); returns the epoch history.
 
     With ``anneal`` the target moves geometrically from the network's current SynOps to ``target`` over the first
@@ -164,6 +185,9 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
     instead of leaving the gap to the post-hoc first-layer calibration; waiting for S to settle keeps the correction
     from winding up while the optimiser is still moving S. ``control_start`` is the correction to begin with (a
     previous phase's last ``control_gain``, which every history row records for the epoch after it).
+
+    ``lr_reference`` (the ANN before rho) gives every tensor a learning rate proportional to its scale
+    (``relative_lr_groups``).
     """
     account = energy.analyze(qnet.net, input_shape)
     loss_fn = SynOpLoss(account, target, alpha)
@@ -232,6 +256,7 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
+    groups = relative_lr_groups(qnet, lr_reference, cfg.lr) if lr_reference is not None else None
     history = fit(_Recorded(), train, val, cfg, extra_loss=extra_logged, checkpoint_dir=checkpoint_dir, desc=desc,
-                  on_epoch_end=epoch_end, on_epoch_start=epoch_start)
+                  on_epoch_end=epoch_end, on_epoch_start=epoch_start, param_groups=groups)
     return history.epochs

@@ -216,6 +216,8 @@ def main() -> None:
                    if args.time_aware_epochs else ", time-aware on count-coded input")
         if args.time_aware_samples:
             ta_note += f" of {args.time_aware_samples:,} of those images"
+    n_ta = m_q["points"][0].get("qrelu_time_aware_samples") if m_q["points"] else None
+    ta_on = f" on the first {n_ta:,} test images" if n_ta and n_ta < n_test else ""
     bn_note = " and BN (folded before conversion)" if args.batch_norm else ""
     lines = [
         f"CIFAR-10, All-ConvNet with channel width x{args.width:g}{bn_note} ({macs:,} MACs; the paper's x1 net has "
@@ -241,7 +243,8 @@ def main() -> None:
         "",
         "QReLU + SynOp loss:",
         "",
-        f"| target | calibration c | QReLU estimate acc{' (time-aware)' if args.time_aware_qat else ''} | "
+        f"| target | calibration c | QReLU estimate acc{' (time-aware)' if args.time_aware_qat else ''}"
+        f"{ta_on} | "
         "SNN SynOps | SynOps / MACs | SNN acc | rho curve needs for this acc | ratio |",
         "|---|---|---|---|---|---|---|---|",
         *[f"| {t:,.0f} | {c:.2f} | {100 * e:.2f}% | {s:,.0f} | {s / macs:.3f} | {100 * a:.2f}% | "

@@ -140,9 +140,8 @@ def relative_lr_groups(qnet: QReLUNetwork, reference: nn.Module, lr: float) -> l
     groups = []
     for name, p in qnet.net.named_parameters():
         r = ref.get(name)
-        scale = 1.0
-        if r is not None and r.shape == p.shape and float(r.detach().norm()) > 0 and float(p.detach().norm()) > 0:
-            scale = float(p.detach().norm()) / float(r.detach().norm())
+        norms = (float(p.detach().norm()), float(r.detach().norm())) if r is not None and r.shape == p.shape else ()
+        scale = norms[0] / norms[1] if norms and min(norms) > 0 else 1.0
         groups.append({"params": [p], "lr": lr * scale, "name": name})
     return groups
 

@@ -235,7 +235,7 @@ def test_time_aware_samples_train_the_time_aware_epochs_on_a_subset(tmp_path, mo
 
 def test_an_interrupted_schedule_keeps_its_finished_points(tmp_path, monkeypatch):
     """metrics.json is written after every point of a target schedule, so a run stopped during the second point
-    still reports the first (and resumes from its checkpoints)."""
+    still reports the first; run again with the same configuration and ANN, it keeps that point and goes on."""
     import synopt.convert.pipeline as pipeline
 
     real, calls = pipeline.finetune, []
@@ -254,6 +254,22 @@ def test_an_interrupted_schedule_keeps_its_finished_points(tmp_path, monkeypatch
     m = json.loads((out / "metrics.json").read_text())
     assert [p["target"] for p in m["points"]] == [6e4]
     assert (out / "points" / "point0.pt").is_file() and not (out / "snn").exists()
+
+    # resumed with the same configuration and ANN: point 0 is kept as it was (no training, no simulation)
+    calls.clear()
+    monkeypatch.setattr(pipeline, "finetune", lambda *a, **k: calls.append(k["target"]) or real(*a, **k))
+    args = ["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "3", "--target-synops", "6e4",
+            "--schedule", "2", "--epochs", "1", "--timesteps", "3", "--samples", "50", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["points"][0] == m["points"][0] and 6e4 not in calls
+    assert calls == [resumed["points"][1]["target"]] and any(n.startswith("resumed") for n in resumed["notes"])
+    assert resumed["ann_fingerprint"] == m["ann_fingerprint"]
+    # another configuration in the same folder (here the QAT learning rate): no point is taken over
+    calls.clear()
+    assert main([*args, "--lr", "3e-4"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert 6e4 in calls and not any(n.startswith("resumed") for n in again["notes"])
 
 
 @pytest.mark.parametrize("flag, expected", [([], "prefix"), (["--event-augment", "prefix+shift"], "prefix+shift"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -61,6 +62,31 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(obj, dict) or "state_dict" not in obj:
         raise ValueError(f"{path} holds no state_dict")
     return obj
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """sha256 of a module's state dict (names and values): tells whether a resumed run starts from the same net."""
+    h = hashlib.sha256()
+    for name, value in module.state_dict().items():
+        h.update(name.encode())
+        h.update(value.detach().to("cpu", torch.float64).numpy().tobytes())
+    return h.hexdigest()
+
+
+def previous_metrics(path: str | Path, config: dict, ignore: tuple[str, ...] = ()) -> dict | None:
+    """``metrics.json`` of the run already in ``path`` if it was made with ``config`` (the keys in ``ignore``
+    aside), else None; read it before ``RunDir`` records the new configuration."""
+    path = Path(path)
+    try:
+        old = json.loads((path / "config.json").read_text())["config"]
+        metrics = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+    def strip(c: dict) -> dict:
+        return {k: v for k, v in c.items() if k not in ignore}
+
+    return metrics if isinstance(old, dict) and strip(old) == strip(_normalise(config)) else None
 
 
 def environment() -> dict:

@@ -28,7 +28,7 @@ from synopt.convert.temporal import CountCoded, RandomFraming, exact_for
 from synopt.convert.to_sinabs import to_sinabs
 from synopt.data.events import augmentation_parts
 from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
-from synopt.runs import RunDir, save_checkpoint, write_json
+from synopt.runs import RunDir, load_checkpoint, previous_metrics, save_checkpoint, state_fingerprint, write_json
 from synopt.simulate.run import SimResult, simulate
 
 RHO_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -93,6 +93,19 @@ def prepare_options(cfg: "ConvertConfig | dict") -> dict:
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     return {"fold_bn": True, "maxpool": get("maxpool", "avg"), "softmax": "remove", "bias": get("bias", "keep"),
             "input_convention": get("input_convention")}
+
+
+def _finished_points(previous: dict | None, fingerprint: str, out: Path) -> list[dict]:
+    """The points of an earlier (interrupted or shorter) schedule in ``out`` with the same configuration and ANN,
+    up to the first whose checkpoint is missing: a resumed schedule keeps them instead of simulating them again."""
+    if not previous or previous.get("ann_fingerprint") != fingerprint:
+        return []
+    done = []
+    for i, point in enumerate(previous.get("points", [])):
+        if not (out / "points" / f"point{i}.pt").is_file():
+            break
+        done.append(point)
+    return done
 
 
 def _prepare(model, cfg: ConvertConfig, notes):
@@ -271,7 +284,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                          f"{tuple(splits.input_shape)}; choose a matching dataset or fold the input convention")
     source = keep_copy(cfg.source, out / "source")
     cfg = dataclasses.replace(cfg, source=source)
-    run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
+    config = {"command": "convert", **asdict(cfg)}
+    previous = previous_metrics(out, config, ignore=("schedule_points", "progress"))  # before RunDir rewrites it
+    run = RunDir(out, config, resume=True)
     shape = tuple(splits.input_shape)
     if cfg.train_epochs > 0:
         ann_cfg = TrainConfig(epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.train_lr, seed=cfg.seed,
@@ -299,7 +314,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             notes.append("event data: the time-aware QReLU does not model these neuron options; calibration "
                          "simulates the SNN on the validation frames instead")
     metrics: dict = {"ann_accuracy": ann_acc, "macs": account.macs, "input_shape": list(shape),
-                     "notes": notes, "points": []}
+                     "ann_fingerprint": state_fingerprint(ann), "notes": notes, "points": []}
     # baseline: plain ANN weights, threshold 1 (the red star of Fig. 2 of 003_*)
     baseline = _sim(ann, "count", sim_splits, cfg, shape)
     metrics["baseline"] = _point("baseline", baseline, at_timesteps=_at_timesteps(ann, "count", sim_splits, cfg,
@@ -375,7 +390,17 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                          "the first ones train the static QReLU network")
         lr_reference = ann if cfg.relative_lr else None
         target = first
+        reuse = _finished_points(previous, metrics["ann_fingerprint"], out)
         for i in range(max(cfg.schedule_points, 1)):
+            if i < len(reuse) and math.isclose(reuse[i]["target"], target, rel_tol=1e-9):
+                if i == 0:
+                    notes.append("resumed: the finished points of the earlier run in this folder are kept as they "
+                                 "were (same configuration and ANN), not trained or simulated again")
+                qnet.load_state_dict(load_checkpoint(out / "points" / f"point{i}.pt")["state_dict"])
+                metrics["points"].append(reuse[i])
+                target = reuse[i].get("reached_synops", target) / 2
+                continue
+            reuse = []  # from the first point that differs, every point is made anew
             label = f"target={target:.4g}"
             hist = []
             if static_epochs:

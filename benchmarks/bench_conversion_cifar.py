@@ -45,6 +45,47 @@ def synops_at_accuracy(curve: list[tuple[float, float]], acc: float) -> float:
     return math.inf
 
 
+def compare(points: list[dict], curve: list[tuple[float, float]]) -> tuple[list[tuple], float, float]:
+    """Rows (target, SynOps, acc, compared-at acc, rho SynOps there, ratio, estimate acc, c) of the QAT points
+    against a rho curve, the best counted ratio (accuracies both curves reach) and the best bound (points above the
+    whole curve, compared at its top: they reach it with at most their SynOps; a bound, not an extrapolation)."""
+    top = max(a for _, a in curve)
+    rows = []
+    for p in points:
+        at = min(p["sim_accuracy"], top)
+        need = synops_at_accuracy(curve, at)
+        rows.append((p["target"], p["sim_synops"], p["sim_accuracy"], at, need, need / p["sim_synops"],
+                     p.get("qrelu_time_aware_accuracy", p["qrelu_accuracy"]), p.get("calibration_scale", 1.0)))
+    best_ratio = max((r[5] for r in rows if r[3] == r[2]), default=math.nan)
+    best_bound = max((r[5] for r in rows if r[3] < r[2]), default=math.nan)
+    return rows, best_ratio, best_bound
+
+
+def control_ann(work: Path, ckpt: Path, overrides: dict, root: Path, args) -> Path:
+    """The ANN fine-tuned like a QAT point, without what QAT adds: ``--control-epochs`` epochs on the QAT images
+    (no augmentation), Adam at ``--qat-lr`` with a cosine schedule, dropout off as in QAT, plain ReLU, no SynOp
+    loss. Its rho curve tells what the extra training alone buys."""
+    from synopt import data, zoo
+    from synopt.finetune.train import TrainConfig, fit, seeded_subset
+    from synopt.runs import load_checkpoint, save_checkpoint
+
+    out = work / f"ann-control{args.control_epochs}.pt"
+    if not out.is_file():
+        torch.manual_seed(0)
+        net = zoo.build("allconvnet", **overrides)
+        net.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+        for m in net.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        splits = data.load("cifar10", str(root), split_seed=0)
+        train = seeded_subset(splits.train, args.qat_samples or args.train_samples, 0)
+        cfg = TrainConfig(epochs=args.control_epochs, batch_size=64, lr=args.qat_lr, schedule="cosine", seed=0)
+        fit(net, train, splits.val, cfg, checkpoint_dir=work / f"ann-control{args.control_epochs}-ckpt",
+            desc="control ANN")
+        save_checkpoint(out, {"state_dict": net.state_dict()})
+    return out
+
+
 def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
     """Table rows for the rho values and QAT points of ``--recheck-*`` simulated on ``--recheck-samples`` test images
     (each result cached in ``WORK/recheck.json`` under its network and sample count)."""
@@ -81,6 +122,43 @@ def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
             cache_path.write_text(json.dumps(cache, indent=1))
         rows.append(f"| {name} | {100 * cache[key]['accuracy']:.2f}% | {cache[key]['synops']:,.0f} |")
     return rows
+
+
+def control_lines(work: Path, ckpt: Path, overrides: dict, root: Path, common: dict, m_q: dict, macs: int,
+                  args) -> list[str]:
+    """The report on the control ANN (``control_ann``): its rho curve and the QAT points against it."""
+    from synopt.convert.pipeline import ConvertConfig, run_conversion
+    from synopt.convert.source import ModelSource
+
+    ckpt_c = control_ann(work, ckpt, overrides, root, args)
+    rho_dir = work / f"{args.rho_dir}-control{args.control_epochs}"
+    m_c = (json.loads((rho_dir / "metrics.json").read_text()) if (rho_dir / "metrics.json").is_file() else
+           run_conversion(ConvertConfig(out=str(rho_dir), method="rho", rhos=[float(r) for r in args.rhos.split(",")],
+                                        **{**common, "source": ModelSource("zoo", name="allconvnet",
+                                                                           checkpoint=str(ckpt_c),
+                                                                           overrides=overrides)})))
+    curve = [(p["sim_synops"], p["sim_accuracy"]) for p in m_c["points"]]
+    rows, best_ratio, best_bound = compare(m_q["points"], curve)
+    within = [r for r in rows if r[2] >= m_c["ann_accuracy"] - 0.01]
+    return [
+        f"Control: the same ANN fine-tuned {args.control_epochs} epochs like a QAT point (the QAT images, no "
+        f"augmentation, Adam {args.qat_lr:g} cosine, no dropout) but with plain ReLU and no SynOp loss: test accuracy "
+        f"{100 * m_c['ann_accuracy']:.2f}% (the ANN above: {100 * m_q['ann_accuracy']:.2f}%). Its rho curve:", "",
+        "| rho | SNN acc | SynOps | SynOps / MACs |", "|---|---|---|---|",
+        *[f"| {p['rho']:g} | {100 * p['sim_accuracy']:.2f}% | {p['sim_synops']:,.0f} | {p['sim_synops'] / macs:.3f} |"
+          for p in m_c["points"]],
+        "", "The QReLU points against the control's rho curve:", "",
+        "| SNN SynOps | SNN acc | control rho curve needs | ratio |", "|---|---|---|---|",
+        *[f"| {s:,.0f} | {100 * a:.2f}% | {n:,.0f}{f' (at {100 * at:.2f}%)' if at < a else ''} | "
+          f"{'>= ' if at < a else ''}{r:.1f}x |" for _, s, a, at, n, r, _, _ in rows],
+        "",
+        (f"- against the control: best ratio at accuracies both reach {best_ratio:.1f}x "
+         f"({'meets' if best_ratio >= 10 else 'does NOT meet'} >= 10x)" if math.isfinite(best_ratio) else
+         "- against the control: no QReLU point lies at an accuracy its rho curve reaches")
+        + (f"; best bound above its top >= {best_bound:.1f}x" if math.isfinite(best_bound) else ""),
+        (f"- lowest SynOps within 1 point of the control ANN: {min(r[1] for r in within) / macs:.3f} x MACs"
+         if within else "- no QReLU point stays within 1 point of the control ANN"),
+    ]
 
 
 def main() -> None:
@@ -130,6 +208,9 @@ def main() -> None:
                          "WORK/recheck.json) to resolve differences below the 1,000-image resolution")
     ap.add_argument("--recheck-rhos", default="", help="comma-separated rho values of the curve to re-simulate")
     ap.add_argument("--recheck-points", default="", help="comma-separated indices of the QAT points to re-simulate")
+    ap.add_argument("--control-epochs", type=int, default=0,
+                    help="also fine-tune the ANN this many epochs like QAT but without quantization or SynOp loss, "
+                         "and compare the QAT points to that control ANN's rho curve")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/bench-cifar")
     args = ap.parse_args()
@@ -193,19 +274,10 @@ def main() -> None:
                                         temporal_epochs=args.time_aware_epochs,
                                         temporal_samples=args.time_aware_samples, **common)))
     rho_best = max(a for _, a in curve)
-    rows = []
-    for p in m_q["points"]:
-        # equal accuracy: the point's own, or the rho curve's best where the point lies above the whole curve (the
-        # point reaches that accuracy with at most its SynOps: a measured lower bound on the ratio, not an extrapolation)
-        at = min(p["sim_accuracy"], rho_best)
-        need = synops_at_accuracy(curve, at)
-        rows.append((p["target"], p["sim_synops"], p["sim_accuracy"], at, need, need / p["sim_synops"],
-                     p.get("qrelu_time_aware_accuracy", p["qrelu_accuracy"]), p.get("calibration_scale", 1.0)))
-    within = [r for r in rows if r[2] >= ann_acc - 0.01]
     # the check counts accuracies both curves reach; above the whole rho curve the bound also credits the QAT's
     # extra training epochs (which lift an under-trained ANN) to the SynOp loss
-    best_ratio = max((r[5] for r in rows if r[3] == r[2]), default=math.nan)
-    best_bound = max((r[5] for r in rows if r[3] < r[2]), default=math.nan)
+    rows, best_ratio, best_bound = compare(m_q["points"], curve)
+    within = [r for r in rows if r[2] >= ann_acc - 0.01]
     lowest = min(within, key=lambda r: r[1]) if within else None
     n_test = m_rho["points"][0].get("samples", args.eval_samples)
     n_done = len(m_q["points"])
@@ -264,6 +336,8 @@ def main() -> None:
          f"({'meets' if lowest[1] <= 0.42 * macs else 'does NOT meet'} <= 0.42 x MACs)") if lowest else
         f"- no QReLU point stays within 1 point of the ANN ({100 * ann_acc:.2f}%): the <= 0.42 x MACs target is NOT met",
     ]
+    if args.control_epochs:
+        lines += ["", *control_lines(work, ckpt, overrides, root, common, m_q, macs, args)]
     if args.recheck_samples:
         lines += ["", f"Re-simulated on the first {args.recheck_samples:,} test images (binomial s.e. about "
                   f"{100 * math.sqrt(0.25 / args.recheck_samples):.1f} points):", "",

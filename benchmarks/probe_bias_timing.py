@@ -63,6 +63,41 @@ def output_current(body: torch.nn.Module, x_seq: torch.Tensor, mode: str) -> tor
     return out.reshape(b, t, *out.shape[1:])
 
 
+def sinabs_accuracy(net: torch.nn.Module, loader, mode: str) -> float:
+    """Accuracy of ``net`` converted by ``to_sinabs`` and stepped in sinabs as ``SpikingNetwork.forward`` does, but
+    with the per-step bias currents of ``mode``: an independent check of the IF counts of ``output_current``."""
+    import sinabs
+
+    from synopt.convert.temporal import _WEIGHT_TYPES
+    from synopt.convert.to_sinabs import SpikingNetwork, to_sinabs
+
+    snn = to_sinabs(net, encoding="count")
+    layers = [m for m in snn.body.modules() if isinstance(m, _WEIGHT_TYPES) and m.bias is not None]
+    saved = [m.bias.detach().clone() for m in layers]
+    correct = seen = 0
+    with torch.no_grad():
+        try:
+            for x, y in loader:
+                b, t = x.shape[:2]
+                sinabs.reset_states(snn)
+                for layer in snn.if_layers():
+                    layer.reset_membrane()
+                    layer.num_timesteps = 1
+                currents, spikes = [], []
+                for step in range(t):
+                    for m, bias in zip(layers, saved):
+                        m.bias.copy_(bias_schedule(bias, t, 1, mode)[step])
+                    currents.append(snn.body(x[:, step]))
+                    spikes.append(snn.output_if(currents[-1]))
+                scores = SpikingNetwork.scores(torch.stack(currents, 1), torch.stack(spikes, 1))[:, -1]
+                correct += int((scores.argmax(1) == y).sum())
+                seen += len(y)
+        finally:
+            for m, bias in zip(layers, saved):
+                m.bias.copy_(bias)
+    return correct / seen
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="the QAT run folder of bench_conversion_cifar.py (under its --work)")
@@ -70,6 +105,8 @@ def main() -> None:
     ap.add_argument("--static-phase", action="store_true",
                     help="the weights at the end of each point's static epochs (before its time-aware epoch)")
     ap.add_argument("--samples", type=int, default=2000, help="first test images")
+    ap.add_argument("--sinabs", action="store_true",
+                    help="also simulate the uniform and signed modes in sinabs (accuracy column 'sinabs')")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--section", default="probe-bias-timing")
     args = ap.parse_args()
@@ -112,7 +149,11 @@ def main() -> None:
                     correct += int((temporal_scores(output_current(qnet.net, x, mode)).argmax(1) == y).sum())
                     synops += sum(rec.synops_per_layer(1).values())
                     seen += len(y)
-            rows.append(f"| {i} | {mode} | {100 * correct / seen:.2f}% | {synops / seen:,.0f} | "
+            check = ""
+            if args.sinabs:
+                check = " - |" if mode == "static" else \
+                    f" {100 * sinabs_accuracy(qnet.net, DataLoader(test, batch_size=250), mode):.2f}% |"
+            rows.append(f"| {i} | {mode} | {100 * correct / seen:.2f}% |{check} {synops / seen:,.0f} | "
                         f"{synops / seen / m['macs']:.3f} |")
             print(rows[-1], flush=True)
     p = m["points"]
@@ -123,7 +164,8 @@ def main() -> None:
         + "; ".join(f"point {i}: {100 * p[i].get('qrelu_time_aware_accuracy', float('nan')):.2f}% / "
                     f"{100 * p[i]['sim_accuracy']:.2f}%" for i in (int(k) for k in args.points.split(","))
                     if i < len(p)) + ".", "",
-        "| point | biases | acc | SynOps | SynOps / MACs |", "|---|---|---|---|---|", *rows])
+        "| point | biases | acc |" + (" sinabs acc |" if args.sinabs else "") + " SynOps | SynOps / MACs |",
+        "|---|---|---|" + ("---|" if args.sinabs else "") + "---|---|", *rows])
     write_section(args.section, "Probe: when the biases enter the IF neurons (CIFAR-10 QAT points)", body)
 
 

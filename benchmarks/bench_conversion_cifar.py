@@ -61,23 +61,22 @@ def compare(points: list[dict], curve: list[tuple[float, float]]) -> tuple[list[
     return rows, best_ratio, best_bound
 
 
-def control_ann(work: Path, ckpt: Path, overrides: dict, root: Path, args) -> Path:
+def control_ann(work: Path, ann: torch.nn.Module, splits, args) -> Path:
     """The ANN fine-tuned like a QAT point, without what QAT adds: ``--control-epochs`` epochs on the QAT images
     (no augmentation), Adam at ``--qat-lr`` with a cosine schedule, dropout off as in QAT, plain ReLU, no SynOp
     loss. Its rho curve tells what the extra training alone buys."""
-    from synopt import data, zoo
+    import copy
+
     from synopt.finetune.train import TrainConfig, fit, seeded_subset
-    from synopt.runs import load_checkpoint, save_checkpoint
+    from synopt.runs import save_checkpoint
 
     out = work / f"ann-control{args.control_epochs}.pt"
     if not out.is_file():
         torch.manual_seed(0)
-        net = zoo.build("allconvnet", **overrides)
-        net.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+        net = copy.deepcopy(ann)
         for m in net.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
-        splits = data.load("cifar10", str(root), split_seed=0)
         train = seeded_subset(splits.train, args.qat_samples or args.train_samples, 0)
         cfg = TrainConfig(epochs=args.control_epochs, batch_size=64, lr=args.qat_lr, schedule="cosine", seed=0)
         fit(net, train, splits.val, cfg, checkpoint_dir=work / f"ann-control{args.control_epochs}-ckpt",
@@ -124,13 +123,13 @@ def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
     return rows
 
 
-def control_lines(work: Path, ckpt: Path, overrides: dict, root: Path, common: dict, m_q: dict, macs: int,
+def control_lines(work: Path, ann: torch.nn.Module, splits, overrides: dict, common: dict, m_q: dict, macs: int,
                   args) -> list[str]:
     """The report on the control ANN (``control_ann``): its rho curve and the QAT points against it."""
     from synopt.convert.pipeline import ConvertConfig, run_conversion
     from synopt.convert.source import ModelSource
 
-    ckpt_c = control_ann(work, ckpt, overrides, root, args)
+    ckpt_c = control_ann(work, ann, splits, args)
     rho_dir = work / f"{args.rho_dir}-control{args.control_epochs}"
     m_c = (json.loads((rho_dir / "metrics.json").read_text()) if (rho_dir / "metrics.json").is_file() else
            run_conversion(ConvertConfig(out=str(rho_dir), method="rho", rhos=[float(r) for r in args.rhos.split(",")],
@@ -337,7 +336,7 @@ def main() -> None:
         f"- no QReLU point stays within 1 point of the ANN ({100 * ann_acc:.2f}%): the <= 0.42 x MACs target is NOT met",
     ]
     if args.control_epochs:
-        lines += ["", *control_lines(work, ckpt, overrides, root, common, m_q, macs, args)]
+        lines += ["", *control_lines(work, net, splits, overrides, common, m_q, macs, args)]
     if args.recheck_samples:
         lines += ["", f"Re-simulated on the first {args.recheck_samples:,} test images (binomial s.e. about "
                   f"{100 * math.sqrt(0.25 / args.recheck_samples):.1f} points):", "",

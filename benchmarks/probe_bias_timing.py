@@ -84,9 +84,10 @@ def sinabs_accuracy(net: torch.nn.Module, loader, mode: str) -> float:
                     layer.reset_membrane()
                     layer.num_timesteps = 1
                 currents, spikes = [], []
+                schedules = [bias_schedule(bias, t, 1, mode) for bias in saved]
                 for step in range(t):
-                    for m, bias in zip(layers, saved):
-                        m.bias.copy_(bias_schedule(bias, t, 1, mode)[step])
+                    for m, sched in zip(layers, schedules):
+                        m.bias.copy_(sched[step])
                     currents.append(snn.body(x[:, step]))
                     spikes.append(snn.output_if(currents[-1]))
                 scores = SpikingNetwork.scores(torch.stack(currents, 1), torch.stack(spikes, 1))[:, -1]

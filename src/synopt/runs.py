@@ -73,22 +73,6 @@ def state_fingerprint(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def previous_metrics(path: str | Path, config: dict, ignore: tuple[str, ...] = ()) -> dict | None:
-    """``metrics.json`` of the run already in ``path`` if it was made with ``config`` (the keys in ``ignore``
-    aside), else None; read it before ``RunDir`` records the new configuration."""
-    path = Path(path)
-    try:
-        old = json.loads((path / "config.json").read_text())["config"]
-        metrics = json.loads((path / "metrics.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-    def strip(c: dict) -> dict:
-        return {k: v for k, v in c.items() if k not in ignore}
-
-    return metrics if isinstance(old, dict) and strip(old) == strip(_normalise(config)) else None
-
-
 def environment() -> dict:
     return {
         "synopt": synopt.__version__,
@@ -105,22 +89,46 @@ class RunDir:
 
     def __init__(self, path: str | Path, config: dict, resume: bool = False):
         self.path = Path(path)
+        self.config = _normalise(config)
         existing = self.path / "config.json"
+        self._previous_config = None  # the configuration of the run this one resumes (resume=True)
         if existing.exists() and not resume:
             old = json.loads(existing.read_text())
-            if old.get("config") != _normalise(config):
+            if not _same_config(old.get("config"), self.config):
                 raise FileExistsError(
                     f"{self.path} already holds a run with another configuration; choose a new --out "
                     "or delete the folder")
+        elif existing.exists():
+            try:
+                self._previous_config = json.loads(existing.read_text()).get("config")
+            except (OSError, ValueError, AttributeError):
+                pass
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoints").mkdir(exist_ok=True)
-        write_json(existing, {"config": _normalise(config), "environment": environment()})
+        write_json(existing, {"config": self.config, "environment": environment()})
+
+    def previous_metrics(self, ignore: tuple[str, ...] = ()) -> dict | None:
+        """``metrics.json`` left by the run this one resumes if it was made with the same configuration (the keys
+        in ``ignore`` aside), else None; read it before this run writes its own."""
+        if not _same_config(self._previous_config, self.config, ignore):
+            return None
+        try:
+            return json.loads((self.path / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     def file(self, name: str) -> Path:
         return self.path / name
 
     def write_metrics(self, metrics: dict) -> Path:
         return write_json(self.path / "metrics.json", metrics)
+
+
+def _same_config(old: Any, new: dict, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether a recorded configuration equals the normalised ``new`` one, the keys in ``ignore`` aside."""
+    if not isinstance(old, dict):
+        return False
+    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
 
 
 def _normalise(config: dict) -> dict:

@@ -28,7 +28,7 @@ from synopt.convert.temporal import CountCoded, RandomFraming, exact_for
 from synopt.convert.to_sinabs import to_sinabs
 from synopt.data.events import augmentation_parts
 from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
-from synopt.runs import RunDir, load_checkpoint, previous_metrics, save_checkpoint, state_fingerprint, write_json
+from synopt.runs import RunDir, load_checkpoint, save_checkpoint, state_fingerprint, write_json
 from synopt.simulate.run import SimResult, simulate
 
 RHO_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -284,9 +284,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                          f"{tuple(splits.input_shape)}; choose a matching dataset or fold the input convention")
     source = keep_copy(cfg.source, out / "source")
     cfg = dataclasses.replace(cfg, source=source)
-    config = {"command": "convert", **asdict(cfg)}
-    previous = previous_metrics(out, config, ignore=("schedule_points", "progress"))  # before RunDir rewrites it
-    run = RunDir(out, config, resume=True)
+    run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
+    previous = run.previous_metrics(ignore=("schedule_points", "progress"))
     shape = tuple(splits.input_shape)
     if cfg.train_epochs > 0:
         ann_cfg = TrainConfig(epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.train_lr, seed=cfg.seed,

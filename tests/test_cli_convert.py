@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from synopt.cli import main
+from synopt.simulate.reload import simulate_run
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,8 @@ def test_simulate_reloads_the_snn(run_dir, tmp_path):
       "--out", "OUT"], "--halve-from: invalid choice: 'previous'"),
     (["convert", "--model", "mnistdvs", "--dataset", "nmnist", "--target-synops", "1e5", "--event-augment", "jitter",
       "--out", "OUT"], "--event-augment: invalid choice: 'jitter'"),
+    (["convert", "--model", "digitsnet", "--target-synops", "1e5", "--bias-timing", "late", "--out", "OUT"],
+     "--bias-timing: invalid choice: 'late'"),
 ])
 def test_convert_user_errors(args, needle, tmp_path):
     args = [str(tmp_path / "o") if a == "OUT" else a for a in args]
@@ -183,16 +186,17 @@ def test_halve_from_achieved_halves_what_the_previous_point_reached(tmp_path):
     assert first["reached_synops"] == pytest.approx(reached, rel=1e-6)
 
 
-@pytest.mark.parametrize("time_aware_epochs", [None, 1])
-def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path, time_aware_epochs):
+@pytest.mark.parametrize("time_aware_epochs, timing", [(None, "spread"), (1, "signed")])
+def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path, time_aware_epochs, timing):
     """--time-aware-qat on static images: QAT, rho choice and calibration run the count-coded IF dynamics
     (temporal.CountCoded), so the time-aware estimate on the test images equals the sinabs simulation exactly;
-    with --time-aware-epochs 1 only the last epoch of the point is time-aware, the first trains the static QReLU."""
+    with --time-aware-epochs 1 only the last epoch of the point is time-aware, the first trains the static QReLU.
+    With --bias-timing signed the estimate, the simulation and the reloaded snn/ all use that timing."""
     out = tmp_path / "run"
     extra = ["--time-aware-epochs", str(time_aware_epochs)] if time_aware_epochs else []
     assert main(["convert", "--model", "digitsnet", "--dataset", "digits", "--train-epochs", "6",
                  "--target-synops", "6e4", "--epochs", "2", "--lr", "1e-2", "--timesteps", "4", "--samples", "150",
-                 "--time-aware-qat", *extra, "--out", str(out), "--quiet"]) == 0
+                 "--time-aware-qat", *extra, "--bias-timing", timing, "--out", str(out), "--quiet"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     p = m["points"][0]
     assert m["temporal_qat"] == {"count_coded_steps": 4, **({"epochs": 1} if time_aware_epochs else {})}
@@ -200,6 +204,12 @@ def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path, time
     assert p["qrelu_time_aware_synops"] == pytest.approx(p["sim_synops"], rel=1e-6)
     assert [row["time_aware"] for row in p["history"]] == ([False, True] if time_aware_epochs else [True, True])
     assert all(row["synops"] > 0 for row in p["history"])
+    assert json.loads((out / "snn" / "spec.json").read_text())["bias_timing"] == timing
+    sim = simulate_run(out / "snn", timesteps=4, samples=150, progress=False)
+    assert sim.accuracy == p["sim_accuracy"] and sim.synops == pytest.approx(p["sim_synops"], rel=1e-6)
+    if timing != "spread":  # the same weights with the biases spread give another SNN
+        spread = simulate_run(out / "snn", timesteps=4, samples=150, bias_timing="spread", progress=False)
+        assert spread.synops != pytest.approx(sim.synops, rel=1e-6)
     if time_aware_epochs:
         assert (out / "checkpoints" / "point0-static" / "last.pt").is_file()
         first, last = p["history"]  # the time-aware phase continues the closed loop of the static one

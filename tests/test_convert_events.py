@@ -74,17 +74,18 @@ def test_if_spike_counts_equal_the_if_kernel():
         if_spike_counts(torch.ones(3))
 
 
-@pytest.mark.parametrize("steps", [1, 4, 8])
-def test_time_aware_qrelu_equals_the_simulated_snn(steps):
+@pytest.mark.parametrize("steps, timing", [(1, "spread"), (4, "spread"), (8, "spread"), (4, "negative-first"),
+                                           (8, "signed")])
+def test_time_aware_qrelu_equals_the_simulated_snn(steps, timing):
     """Every site's spikes per step, the output counts and the SynOps of the time-aware QReLU network equal those of
-    the converted IF network fed the same frames (biases as b/T per step)."""
+    the converted IF network fed the same frames, for each bias timing (spread: b/T per step)."""
     net = _net()
-    qnet = qrelu_network(net)
+    qnet = qrelu_network(net, bias_timing=timing)
     x = _frames(12, steps)
     account = energy.analyze(qnet.net, SHAPE)
     with torch.no_grad(), energy.ActivityRecorder(qnet.net, account, detach=True) as rec:
-        current = temporal_current(qnet.net, x)
-    snn = to_sinabs(net, encoding="count")
+        current = temporal_current(qnet.net, x, timing)
+    snn = to_sinabs(net, encoding="count", bias_timing=timing)
     ifs = {name: m for name, m in snn.body.named_modules() if isinstance(m, IFSqueeze)}
     seen = {}
     hooks = [m.register_forward_hook(lambda _m, _i, o, name=name: seen.setdefault(name, []).append(o))

@@ -172,7 +172,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         target_control=args.target_control, eval_samples=args.samples, init_v_fraction=args.init_v,
                         min_v_mem=args.min_v_mem, temporal_qat=True if args.time_aware_qat else None,
                         temporal_epochs=args.time_aware_epochs, temporal_samples=args.time_aware_samples,
-                        single_spike=args.single_spike, percentile=args.percentile, frames=frames, seed=args.seed,
+                        single_spike=args.single_spike, bias_timing=args.bias_timing, percentile=args.percentile,
+                        frames=frames, seed=args.seed,
                         train_epochs=args.train_epochs, progress=not args.quiet,
                         event_augment=None if args.event_augment == "none" else args.event_augment,
                         maxpool="keep" if args.keep_maxpool else "avg", bias="remove" if args.remove_bias else "keep",
@@ -190,7 +191,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from synopt.simulate.reload import simulate_run
 
     result = simulate_run(args.snn, timesteps=args.timesteps, data_root=args.data_root, samples=args.samples,
-                          encoding=args.encoding, progress=not args.quiet)
+                          encoding=args.encoding, bias_timing=args.bias_timing, progress=not args.quiet)
     print(f"accuracy after {result.timesteps} steps: {100 * result.accuracy:.2f}% on {result.samples} samples; "
           f"SynOps/inference {result.synops:,.0f} (+{result.input_synops:,.0f} from input events)")
     print("accuracy per step: " + " ".join(f"{100 * a:.1f}" for a in result.accuracy_per_step))
@@ -309,6 +310,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from synopt.convert.bias_timing import BIAS_TIMINGS
+
     p = argparse.ArgumentParser(
         prog="synopt",
         description="Turn trained ANNs into energy-efficient spiking networks and count every synaptic operation.",
@@ -424,6 +427,11 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--init-v", type=float, default=0.0, help="initial membrane in units of the threshold (0.5: θ/2)")
     cv.add_argument("--min-v-mem", type=float, help="lower bound of the membrane in units of the threshold, e.g. -1")
     cv.add_argument("--single-spike", action="store_true", help="at most one spike per neuron and step")
+    cv.add_argument("--bias-timing", choices=BIAS_TIMINGS, default="spread",
+                    help="when biases enter the IF neurons over T steps: spread (b/T per step, as published), "
+                         "negative-first (negative biases as the initial membrane; DynapCNN/Speck can run it) or "
+                         "signed (negative at the first step, positive at the last; closest to the QReLU net; "
+                         "docs/conversion.md)")
     cv.add_argument("--percentile", type=float, default=99.9, help="percentile for --method scale")
     cv.add_argument("--event-count", type=int, help="event data: frames of this many events (default: T time bins)")
     cv.add_argument("--event-augment", choices=("prefix", "shift", "prefix+shift", "none"), default="prefix",
@@ -484,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--data-root", help="data root (default: the one the run used)")
     sm.add_argument("--samples", type=int, help="test samples (default: all)")
     sm.add_argument("--encoding", choices=("count", "rate", "poisson"), help="override the recorded encoding")
+    sm.add_argument("--bias-timing", choices=BIAS_TIMINGS, help="override the recorded bias timing")
     sm.add_argument("--json", help="write the measurements to this file")
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_simulate)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from synopt import data, energy
+from synopt.convert.bias_timing import BIAS_TIMINGS
 from synopt.convert.qat import QReLUNetwork, estimate, finetune, qrelu_network
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.source import ModelSource, keep_copy, load_model
@@ -64,6 +65,8 @@ class ConvertConfig:
     init_v_fraction: float = 0.0
     min_v_mem: float | None = None
     single_spike: bool = False
+    bias_timing: str = "spread"  # when biases enter the IF neurons over T steps: spread | negative-first | signed
+    #                              (convert/bias_timing.py); every simulation and time-aware estimate uses it
     maxpool: str = "avg"  # avg | keep
     bias: str = "keep"  # keep | remove
     input_convention: dict | None = None  # fold_input_normalization keywords: input_range, mean, std, grayscale_to_rgb
@@ -162,7 +165,7 @@ def _random_framing(cfg: ConvertConfig, sim_splits) -> RandomFraming:
 def _sim(net, encoding: str, sim_splits, cfg: ConvertConfig, shape, split: str = "test",
          samples: int | None = None) -> SimResult:
     snn = to_sinabs(net, encoding=encoding, single_spike=cfg.single_spike, min_v_mem=cfg.min_v_mem,
-                    init_v_fraction=cfg.init_v_fraction)
+                    init_v_fraction=cfg.init_v_fraction, bias_timing=cfg.bias_timing)
     return simulate(snn, getattr(sim_splits, split), cfg.timesteps, shape,
                     samples=cfg.eval_samples if samples is None else samples, progress=cfg.progress,
                     seed=cfg.seed, collate_fn=sim_splits.collate_fn)
@@ -187,13 +190,13 @@ def _point(label: str, sim: SimResult, **extra) -> dict:
 
 
 def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float,
-               collate_fn=None) -> tuple[float, list[dict]]:
+               collate_fn=None, bias_timing: str = "spread") -> tuple[float, list[dict]]:
     """Automatic first-layer scale (section 2.4.2 step 2 of 003_*): the smallest rho in ``rhos`` whose QReLU network
     comes within 1 point of the ANN's validation accuracy; the most accurate one if none does. ``val`` of event
     frames uses the time-aware estimate (``estimate``)."""
     trials = []
     for rho in sorted(rhos):
-        acc, syn, _ = estimate(qrelu_network(ann, rho), account, val, samples, collate_fn=collate_fn)
+        acc, syn, _ = estimate(qrelu_network(ann, rho, bias_timing), account, val, samples, collate_fn=collate_fn)
         trials.append({"rho": rho, "qrelu_val_acc": acc, "qrelu_synops": syn})
         if acc >= ann_acc - 0.01:
             return rho, trials
@@ -215,7 +218,7 @@ def calibrate(qnet: QReLUNetwork, account, val: Dataset, target: float, samples:
     bisecting the bracket whenever a secant step leaves it. Returns (network, c, SynOps at c).
     """
     def synops_at(c: float) -> tuple[QReLUNetwork, float]:
-        net = QReLUNetwork(scale_first_layer(qnet.net, c, compensate_output=False))
+        net = QReLUNetwork(scale_first_layer(qnet.net, c, compensate_output=False), qnet.bias_timing)
         return net, measure(net) if measure else estimate(net, account, val, samples, collate_fn=collate_fn)[1]
 
     def miss(syn: float) -> float:  # log distance to the target (-inf: silent)
@@ -260,6 +263,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                          f"got {cfg.temporal_epochs}")
     if cfg.temporal_samples is not None and cfg.temporal_samples < 1:
         raise ValueError(f"--time-aware-samples must be at least 1, got {cfg.temporal_samples}")
+    if cfg.bias_timing not in BIAS_TIMINGS:
+        raise ValueError(f"--bias-timing must be one of {', '.join(BIAS_TIMINGS)}, got {cfg.bias_timing!r}")
     if cfg.halve_from not in ("target", "achieved"):
         raise ValueError(f"--halve-from must be target or achieved, got {cfg.halve_from!r}")
     if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
@@ -340,9 +345,10 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         final_net = scaled.module
     else:
         rho, trials = (cfg.rho, []) if cfg.rho else choose_rho(ann, account, est_val, cfg.estimate_samples, cfg.rhos,
-                                                               evaluate(ann, val), collate_fn=sim_splits.collate_fn)
+                                                               evaluate(ann, val), collate_fn=sim_splits.collate_fn,
+                                                               bias_timing=cfg.bias_timing)
         metrics["rho"], metrics["rho_trials"] = rho, trials
-        qnet = qrelu_network(ann, rho)
+        qnet = qrelu_network(ann, rho, cfg.bias_timing)
         if qnet.dropout_removed:
             notes.append(f"QAT without the {len(qnet.dropout_removed)} dropout layer(s) before the last activation "
                          "site (inverted dropout biases the QReLU floor; docs/conversion.md)")
@@ -456,7 +462,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                                        "input_shape": list(shape), "dataset": cfg.dataset,
                                        "rho": metrics.get("rho"), "timesteps": cfg.timesteps,
                                        "init_v_fraction": cfg.init_v_fraction, "min_v_mem": cfg.min_v_mem,
-                                       "single_spike": cfg.single_spike, "prepare": prepare_options(cfg)})
+                                       "single_spike": cfg.single_spike, "bias_timing": cfg.bias_timing,
+                                       "prepare": prepare_options(cfg)})
     run.write_metrics(metrics)
     from synopt.convert.report import write_conversion_report
 

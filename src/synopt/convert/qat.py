@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from synopt import energy
+from synopt.convert.bias_timing import check_timing
 from synopt.convert.qrelu import OutputQReLU, QReLU, swap_activations
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.temporal import EqualFramed, RandomFraming, temporal_current, temporal_scores
@@ -25,25 +26,28 @@ class QReLUNetwork(nn.Sequential):
     """``net`` with QReLUs at every activation site, followed by the output QReLU used at evaluation.
 
     The network's spikes are counts, so its spiking twin is driven by count coding (current x/T per step).
+    ``bias_timing`` is when that twin's biases enter over the steps (``bias_timing.py``): the time-aware forward
+    (``temporal.py``: event frames, time-aware QAT) models it; the static forward does not depend on it.
     """
 
     encoding = "count"
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, bias_timing: str = "spread"):
         super().__init__()
         self.add_module("net", net)
         self.add_module("readout", OutputQReLU())
+        self.bias_timing = check_timing(bias_timing)
 
     @property
     def body(self) -> nn.Module:
         return self.net
 
 
-def qrelu_network(ann: nn.Module, rho: float = 1.0) -> QReLUNetwork:
+def qrelu_network(ann: nn.Module, rho: float = 1.0, bias_timing: str = "spread") -> QReLUNetwork:
     """A QReLU copy of a prepared ReLU ``ann`` (BN folded), with first-layer scaling ``rho`` (rho.py) and the dropout
     before its last activation site removed (``drop_inner_dropout``; ``.dropout_removed`` names it)."""
     net = scale_first_layer(ann, rho) if rho != 1.0 else copy.deepcopy(ann)
-    qnet = QReLUNetwork(swap_activations(net, QReLU))
+    qnet = QReLUNetwork(swap_activations(net, QReLU), bias_timing)
     qnet.dropout_removed = drop_inner_dropout(qnet.net)
     return qnet
 
@@ -97,7 +101,7 @@ def qrelu_scores(qnet: QReLUNetwork, x: torch.Tensor, input_shape) -> torch.Tens
     if x.dim() == len(input_shape) + 1:
         return qnet(x)
     if x.dim() == len(input_shape) + 2:
-        return temporal_scores(temporal_current(qnet.net, x.float()))
+        return temporal_scores(temporal_current(qnet.net, x.float(), qnet.bias_timing))
     raise ValueError(f"input batch of shape {tuple(x.shape)} matches neither the network input {tuple(input_shape)} "
                      "(static) nor [T, *input] (event frames)")
 
@@ -218,7 +222,7 @@ def finetune(qnet: QReLUNetwork, train: Dataset, val: Dataset | None, cfg: Train
         if framing is None:
             return qnet(x)
         if qnet.training:
-            return temporal_current(qnet.net, framing.sample(x.float(), gen)).sum(1)
+            return temporal_current(qnet.net, framing.sample(x.float(), gen), qnet.bias_timing).sum(1)
         return qrelu_scores(qnet, x, input_shape)
 
     class _Recorded(nn.Module):

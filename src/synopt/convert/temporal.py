@@ -3,8 +3,9 @@
 A QReLU network trained on the time-collapsed image of a recording predicts ``floor(relu(total charge))`` per
 neuron, but the SNN sees the events frame by frame: an IF neuron fires whenever its running charge crosses an
 integer, so its count is ``max_t floor(V_t)`` (``qrelu.if_spike_counts``), not ``floor(V_T)``. This module runs a
-QReLU network exactly as its IF twin runs on frames ``[B, T, C, H, W]`` (every QReLU in time mode, every bias and
-folded input offset injected as b/T per step, the output layer an IF layer read out by spike count), so that
+QReLU network exactly as its IF twin runs on frames ``[B, T, C, H, W]`` (every QReLU in time mode, every bias injected per
+step as the conversion's bias timing (``bias_timing.py``; b/T per step by default), every folded input offset as
+b/T per step, the output layer an IF layer read out by spike count), so that
 
 * the SynOp estimate on frames equals the simulated SynOps (``estimate`` dispatches here for frame data), and
 * QAT can train on random framings of each recording (``RandomFraming``) with the SynOp loss of Eq. 2 of 003_*
@@ -23,9 +24,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Dataset
 
+from synopt.convert.bias_timing import biased_layers, timed_biases
 from synopt.convert.qrelu import QReLU, if_spike_counts, spike_count_score
-
-_WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def exact_for(single_spike: bool = False, min_v_mem: float | None = None, init_v_fraction: float = 0.0) -> bool:
@@ -36,9 +36,12 @@ def exact_for(single_spike: bool = False, min_v_mem: float | None = None, init_v
 def per_step_constants(body: nn.Module) -> list[str]:
     """Names of the constant currents of ``body`` (weight-layer biases and folded input offsets) that the SNN
     injects as b/T per step under count coding (``SpikingNetwork._bias_per_step`` of to_sinabs.py)."""
-    names = [f"{name}.bias" if name else "bias" for name, mod in body.named_modules()
-             if isinstance(mod, _WEIGHT_TYPES) and mod.bias is not None]
-    return names + list(getattr(body, "meta", {}).get("synopt_input", {}).get("offset") or [])
+    return [f"{name}.bias" if name else "bias" for name, _ in biased_layers(body)] + input_offsets(body)
+
+
+def input_offsets(body: nn.Module) -> list[str]:
+    """Buffer names of the input offsets kept by ``graph.inputs.fold_input_normalization`` (constant input)."""
+    return list(getattr(body, "meta", {}).get("synopt_input", {}).get("offset") or [])
 
 
 @contextlib.contextmanager
@@ -57,18 +60,26 @@ def stepped(net: nn.Module, steps: int):
             m.steps = s
 
 
-def temporal_current(body: nn.Module, x_seq: torch.Tensor) -> torch.Tensor:
+def temporal_current(body: nn.Module, x_seq: torch.Tensor, bias_timing: str = "spread") -> torch.Tensor:
     """Output current per step ``[B, T, K]`` of the QReLU network ``body`` fed frames ``x_seq`` ``[B, T, ...]``.
 
-    Every QReLU emits the spikes per step of its IF twin (``if_spike_counts``), every constant current b/T per step
-    (differentiably: the parameters themselves are not touched). Without constants and with T = 1 this is the
-    plain QReLU forward.
+    Every QReLU emits the spikes per step of its IF twin (``if_spike_counts``), every bias enters as
+    ``bias_timing`` says (``bias_timing.step_currents``; ``spread``: b/T per step), every folded input offset as
+    b/T per step, all differentiably (the parameters themselves are not touched). Without constants and with
+    T = 1 this is the plain QReLU forward.
     """
     b, t = x_seq.shape[:2]
+    x = x_seq.reshape(b * t, *x_seq.shape[2:])
     state = {**dict(body.named_parameters()), **dict(body.named_buffers())}
-    overrides = {name: state[name] / t for name in per_step_constants(body)} if t > 1 else {}
-    with stepped(body, t):
-        out = torch.func.functional_call(body, overrides, (x_seq.reshape(b * t, *x_seq.shape[2:]),), strict=False)
+    with stepped(body, t), contextlib.ExitStack() as stack:
+        if t == 1:
+            overrides = {}
+        elif bias_timing == "spread":
+            overrides = {name: state[name] / t for name in per_step_constants(body)}
+        else:
+            overrides, _ = stack.enter_context(timed_biases(body, t, bias_timing))
+            overrides.update({name: state[name] / t for name in input_offsets(body)})
+        out = torch.func.functional_call(body, overrides, (x,), strict=False)
     return out.reshape(b, t, *out.shape[1:])
 
 

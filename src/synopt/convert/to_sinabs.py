@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 
 from synopt import energy
+from synopt.convert.bias_timing import Clock, biased_layers, check_timing, timed_biases
 from synopt.convert.qrelu import spike_count_score
+from synopt.convert.temporal import input_offsets
 from synopt.simulate.kernels import if_forward
 
 ENCODINGS = ("count", "rate", "poisson", "events")
@@ -79,13 +81,16 @@ class SpikingNetwork(nn.Module):
 
     ``encoding`` records how static inputs must be presented (``count``: x/T per step for QReLU-trained networks,
     ``rate``: x per step for percentile-normalised networks); it is a property of the prepared model.
+    ``bias_timing`` says when the weight layers' biases enter the neurons over the T steps (``bias_timing.py``).
     """
 
     def __init__(self, body: nn.Module, encoding: str, readout: str = "spikes", out_threshold: float = 1.0,
-                 single_spike: bool = False, min_v_mem: float | None = None, init_v_fraction: float = 0.0):
+                 single_spike: bool = False, min_v_mem: float | None = None, init_v_fraction: float = 0.0,
+                 bias_timing: str = "spread"):
         super().__init__()
         if encoding not in ENCODINGS:
             raise ValueError(f"unknown encoding {encoding!r}; choose one of {ENCODINGS}")
+        self.bias_timing = check_timing(bias_timing)
         if readout not in ("spikes", "current"):
             raise ValueError(f"unknown readout {readout!r}; choose spikes or current")
         self.body = body
@@ -111,35 +116,48 @@ class SpikingNetwork(nn.Module):
         stepwise = not (torch.is_grad_enabled() and x_seq.requires_grad)
         for layer in layers:
             layer.num_timesteps = 1 if stepwise else t_steps
-        with self._bias_per_step(t_steps):
+        with self._constant_currents(t_steps) as (overrides, clock):
+            def body(x: torch.Tensor) -> torch.Tensor:
+                return torch.func.functional_call(self.body, overrides, (x,), strict=False) if overrides \
+                    else self.body(x)
+
             if stepwise:
-                currents = [self.body(x_seq[:, t]) for t in range(t_steps)]
+                currents = []
+                for t in range(t_steps):
+                    clock.step = t
+                    currents.append(body(x_seq[:, t]))
                 spikes = [self.output_if(c) for c in currents] if self.output_if is not None else None
                 current = torch.stack(currents, 1)
                 return current, None if spikes is None else torch.stack(spikes, 1)
-            current = self.body(x_seq.reshape(b * t_steps, *x_seq.shape[2:]))
+            current = body(x_seq.reshape(b * t_steps, *x_seq.shape[2:]))
         out = self.output_if(current) if self.output_if is not None else None
         current = current.reshape(b, t_steps, *current.shape[1:])
         return current, None if out is None else out.reshape(b, t_steps, *out.shape[1:])
 
     @contextlib.contextmanager
-    def _bias_per_step(self, t_steps: int):
-        """Count coding (and events) spreads the ANN's total charge over T steps, so each bias (and a folded input
-        offset) is injected as b/T per step; rate coding injects b every step."""
-        if self.encoding == "rate" or self.encoding == "poisson" or t_steps == 1:
-            yield
-            return
-        constants = [mod.bias for mod in self.body.modules()
-                     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and mod.bias is not None]
-        offsets = getattr(self.body, "meta", {}).get("synopt_input", {}).get("offset") or []
-        for name in offsets:  # input offsets kept by fold_input_normalization are constant currents too
-            constants.append(self.body.get_buffer(name))
+    def _constant_currents(self, t_steps: int):
+        """The constant currents over the T steps; yields (parameter overrides, clock) for ``timed_biases``.
+
+        Count coding (and events) spreads the ANN's total charge over T steps: input offsets enter as b/T per step,
+        and so do the biases under the ``spread`` timing (divided in place: the fastest path); rate coding injects
+        both every step (a bias's charge is then T·b). Other timings move each bias's charge by forward hooks.
+        """
+        spread_input = self.encoding not in ("rate", "poisson")
+        timed = self.bias_timing != "spread" and t_steps > 1 and biased_layers(self.body)
+        constants = [] if not spread_input or t_steps == 1 else \
+            [self.body.get_buffer(name) for name in input_offsets(self.body)]
+        if spread_input and t_steps > 1 and not timed:
+            constants += [mod.bias for _, mod in biased_layers(self.body)]
         saved = [c.detach().clone() for c in constants]
         with torch.no_grad():
             for c in constants:
                 c.div_(t_steps)
         try:
-            yield
+            if timed:
+                with timed_biases(self.body, t_steps, self.bias_timing, 1.0 if spread_input else t_steps) as pair:
+                    yield pair
+            else:
+                yield {}, Clock(t_steps)
         finally:
             with torch.no_grad():
                 for c, value in zip(constants, saved):
@@ -162,7 +180,7 @@ def _threshold_value(value) -> float | torch.Tensor:
 def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str, float | torch.Tensor] = 1.0,
               single_spike: bool = False, min_v_mem: float | None = None, init_v_fraction: float = 0.0,
               readout: str = "spikes", out_threshold: float = 1.0,
-              polarity: Mapping[str, torch.Tensor] | None = None) -> SpikingNetwork:
+              polarity: Mapping[str, torch.Tensor] | None = None, bias_timing: str = "spread") -> SpikingNetwork:
     """Convert ``net`` (activation sites = ReLU/QReLU modules, BN folded) into a :class:`SpikingNetwork`.
 
     ``thresholds``: one value or ``{site name: θ}``, where θ is a number or a tensor broadcastable to the site's
@@ -171,7 +189,8 @@ def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str,
     threshold (e.g. -1.0 means v >= -θ), None for unbounded; ``init_v_fraction``: initial membrane in units of θ
     (0.5 starts at θ/2); ``polarity``: ``{site name: ±1 tensor}`` for neurons that fire for x <= θ (the folded
     direct route, ``ThresholdNeuron``): their IF neuron integrates -x against the threshold -θ, i.e. every synapse
-    into it is negated. Module names are kept, so ``synopt.energy`` counts the SNN with the ANN's fan-out.
+    into it is negated; ``bias_timing``: when the biases enter over the T steps (``bias_timing.py``). Module names
+    are kept, so ``synopt.energy`` counts the SNN with the ANN's fan-out.
     """
     body = copy.deepcopy(net).eval()
     sites = [(name, mod) for name, mod in body.named_modules() if energy.is_activation_site(mod)]
@@ -198,4 +217,5 @@ def to_sinabs(net: nn.Module, *, encoding: str, thresholds: float | Mapping[str,
     if isinstance(body, torch.fx.GraphModule):
         body.recompile()
     v_min_out = None if min_v_mem is None else min_v_mem * out_threshold
-    return SpikingNetwork(body, encoding, readout, out_threshold, single_spike, v_min_out, init_v_fraction)
+    return SpikingNetwork(body, encoding, readout, out_threshold, single_spike, v_min_out, init_v_fraction,
+                          bias_timing)

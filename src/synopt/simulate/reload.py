@@ -12,8 +12,9 @@ from synopt.runs import load_checkpoint
 from synopt.simulate.run import SimResult, simulate
 
 
-def load_snn(snn_dir: str | Path) -> tuple[SpikingNetwork, dict]:
-    """The spiking network of ``RUN/snn`` (spec.json + weights.pt) and its spec."""
+def load_snn(snn_dir: str | Path, bias_timing: str | None = None) -> tuple[SpikingNetwork, dict]:
+    """The spiking network of ``RUN/snn`` (spec.json + weights.pt) and its spec; ``bias_timing`` overrides the
+    recorded one (``convert/bias_timing.py``)."""
     from synopt.graph import prepare
 
     snn_dir = Path(snn_dir)
@@ -30,13 +31,14 @@ def load_snn(snn_dir: str | Path) -> tuple[SpikingNetwork, dict]:
     net, _ = prepare(model, **options)
     net.load_state_dict(load_checkpoint(snn_dir / "weights.pt")["state_dict"])
     snn = to_sinabs(net, encoding=spec["encoding"], single_spike=spec.get("single_spike", False),
-                    min_v_mem=spec.get("min_v_mem"), init_v_fraction=spec.get("init_v_fraction", 0.0))
+                    min_v_mem=spec.get("min_v_mem"), init_v_fraction=spec.get("init_v_fraction", 0.0),
+                    bias_timing=bias_timing or spec.get("bias_timing", "spread"))
     return snn, spec
 
 
 def simulate_run(snn_dir: str | Path, timesteps: int = 10, data_root: str | None = None, samples: int | None = None,
-                 encoding: str | None = None, progress: bool = True) -> SimResult:
-    snn, spec = load_snn(snn_dir)
+                 encoding: str | None = None, bias_timing: str | None = None, progress: bool = True) -> SimResult:
+    snn, spec = load_snn(snn_dir, bias_timing)
     config = json.loads((Path(snn_dir).parent / "config.json").read_text()).get("config", {}) \
         if (Path(snn_dir).parent / "config.json").exists() else {}
     root = data_root or config.get("data_root")

@@ -28,6 +28,11 @@ from common import write_section
 SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+TIMING_NOTE = {"spread": "as b/T per step", "negative-first": "negative ones at the first step, positive ones b/T per "
+               "step (--bias-timing negative-first)", "signed": "negative ones at the first step, positive ones at "
+               "the last (--bias-timing signed)"}
+
+
 def synops_at_accuracy(curve: list[tuple[float, float]], acc: float) -> float:
     """SynOps the ρ curve needs to reach ``acc``: its monotone envelope (best accuracy so far, by SynOps),
     log-linear interpolation between the two points around ``acc``; inf if it never gets there."""
@@ -113,9 +118,9 @@ def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
         nets.append((f"QAT {q_dir.name} {p['label']}", f"{q_dir.name}/point{i}", point_net))
     rows = []
     for name, key, build in nets:
-        key = f"{key}@{args.recheck_samples}"
+        key = f"{key}@{args.recheck_samples}" + ("" if args.bias_timing == "spread" else f"/{args.bias_timing}")
         if key not in cache:
-            r = simulate(to_sinabs(build(), encoding="count"), test, args.timesteps, (3, 32, 32),
+            r = simulate(to_sinabs(build(), encoding="count", bias_timing=args.bias_timing), test, args.timesteps, (3, 32, 32),
                          samples=args.recheck_samples, progress=True)
             cache[key] = {"accuracy": r.accuracy, "synops": r.synops}
             cache_path.write_text(json.dumps(cache, indent=1))
@@ -202,6 +207,8 @@ def main() -> None:
                     help="the rho QAT starts from (default: the most accurate one with SynOps > MACs; a finished or "
                          "resumed QAT run keeps its own)")
     ap.add_argument("--timesteps", type=int, default=10)
+    ap.add_argument("--bias-timing", default="spread",
+                    help="when the biases enter the IF neurons (synopt convert --bias-timing), for every SNN here")
     ap.add_argument("--recheck-samples", type=int, default=0,
                     help="re-simulate --recheck-rhos and --recheck-points on this many test images (cached in "
                          "WORK/recheck.json) to resolve differences below the 1,000-image resolution")
@@ -243,7 +250,7 @@ def main() -> None:
     source = ModelSource("zoo", name="allconvnet", checkpoint=str(ckpt), overrides=overrides)
     common = dict(source=source, dataset="cifar10", data_root=str(root), timesteps=args.timesteps,
                   eval_samples=args.eval_samples, train_samples=args.qat_samples or args.train_samples, epochs=args.qat_epochs,
-                  batch_size=64, progress=True)
+                  batch_size=64, bias_timing=args.bias_timing, progress=True)
     rho_dir = work / args.rho_dir
     m_rho = (json.loads((rho_dir / "metrics.json").read_text()) if (rho_dir / "metrics.json").is_file() else
              run_conversion(ConvertConfig(out=str(rho_dir), method="rho",
@@ -295,7 +302,7 @@ def main() -> None:
         f"270,798,336 here), ANN trained {args.ann_epochs} epochs on {args.train_samples:,} images (random crop + "
         f"flip, Adam 1e-3, cosine{', bf16 autocast' if args.bf16_ann else ''}): test accuracy {100 * ann_acc:.2f}%. "
         f"SNNs simulated T = {args.timesteps} steps, "
-        f"count coding, first {n_test:,} test images. QAT: {args.qat_epochs} epoch(s) per point on "
+        f"count coding, biases {TIMING_NOTE.get(args.bias_timing, args.bias_timing)}, first {n_test:,} test images. QAT: {args.qat_epochs} epoch(s) per point on "
         f"{args.qat_samples or args.train_samples:,} training images (lr {args.qat_lr:g}"
         f"{ta_note}; closed-loop target gain "
         f"{m_q.get('target_control', 0):g}), "

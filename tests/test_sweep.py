@@ -286,3 +286,41 @@ def test_one_qat_simulated_at_several_T_matches_the_single_T_run(inline_sweep, t
     # count coding at T = 1 with multi-spike IF neurons is the QReLU network itself: SynOps = its estimate
     m = json.loads((res.path / "runs" / "conv-qrelu-t30000x1-T1-2-s0" / "metrics.json").read_text())
     assert conv[("QReLU T=1", 0)]["synops"] == pytest.approx(m["points"][0]["qrelu_synops"], rel=1e-6)
+
+
+def test_conversion_options_get_their_own_run_folders(tmp_path):
+    """A grid over a conversion option (here bias timing and lr) or a non-default neuron option in its own table
+    must not collapse onto one run id; two tables that would share a folder with different settings are refused."""
+    study = load_study(_study(tmp_path, """
+model = "digitsnet"
+dataset = "digits"
+[[methods]]
+route = "conversion"
+target_synops = 3e4
+bias_timing = ["spread", "signed"]
+lr = [1e-3, 1e-2]
+[[methods]]
+route = "conversion"
+target_synops = 3e4
+single_spike = true
+"""))
+    ids = sorted(s.run_id for s in expand(study) if s.kind == "conversion")
+    assert ids == ["conv-qrelu-t30000x1-T10-bias_timing=signed-lr=0.001-s0",
+                   "conv-qrelu-t30000x1-T10-bias_timing=signed-lr=0.01-s0",
+                   "conv-qrelu-t30000x1-T10-bias_timing=spread-lr=0.001-s0",
+                   "conv-qrelu-t30000x1-T10-bias_timing=spread-lr=0.01-s0",
+                   "conv-qrelu-t30000x1-T10-single_spike=True-s0"]
+    clash = load_study(_study(tmp_path, """
+model = "digitsnet"
+dataset = "digits"
+[[methods]]
+route = "conversion"
+target_synops = 3e4
+epochs = 1
+[[methods]]
+route = "conversion"
+target_synops = 3e4
+epochs = 3
+"""))
+    with pytest.raises(StudyError, match="share the folder conv-qrelu-t30000x1-T10-s0"):
+        expand(clash)

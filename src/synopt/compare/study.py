@@ -44,7 +44,7 @@ DIRECT_KEYS = {"route", "penalty", "p", "lambda_norm", "surrogate", "alpha", "ta
                "bn_decay", "optimizer", "label_smoothing", "from_ann", "init_rate", "schedule"}
 CONVERSION_KEYS = {"route", "method", "target_synops", "target_fraction", "schedule_points", "timesteps", "epochs", "lr",
                    "weight_decay", "rho", "percentile", "calibrate", "single_spike", "init_v_fraction",
-                   "estimate_samples", "event_count", "n_time_bins", "separate_timesteps"}
+                   "bias_timing", "estimate_samples", "event_count", "n_time_bins", "separate_timesteps"}
 ROUTES = {"direct": DIRECT_KEYS, "conversion": CONVERSION_KEYS}
 
 
@@ -178,6 +178,19 @@ def _direct_id(p: dict, seed: int) -> str:
     return f"direct-{p['penalty']}-p{_num(p['p'])}-{sur}-lam{_num(p['lambda_norm'])}-s{seed}"
 
 
+_TAGGED = {"route", "method", "target_synops", "target_fraction", "schedule_points", "rho", "percentile", "timesteps",
+           "separate_timesteps"}
+NEURON_DEFAULTS = {"single_spike": False, "init_v_fraction": 0.0, "bias_timing": "spread"}
+
+
+def _options_tag(method: dict, p: dict) -> str:
+    """Run-id suffix of a conversion run: every other grid axis of its [[methods]] table and every neuron option
+    that differs from its default (``-bias_timing=signed``), so runs that differ in them get their own folders."""
+    keys = sorted({k for k, v in method.items() if isinstance(v, list) and k not in _TAGGED}
+                  | {k for k, d in NEURON_DEFAULTS.items() if p.get(k, d) != d})
+    return "".join(f"-{k}={_num(p[k]) if isinstance(p[k], float) else p[k]}" for k in keys)
+
+
 def expand(study: Study) -> list[RunSpec]:
     """Every run of the study, ANN runs first, without duplicates (λ' = 0 collapses to one unpenalised run)."""
     b = study.budget
@@ -232,6 +245,10 @@ def expand(study: Study) -> list[RunSpec]:
                     params = {**common, **p, "seed": seed, "batch_size": b.get("batch_size", 64),
                               "train_samples": b.get("train_samples"), "eval_samples": b.get("eval_samples")}
                     ts = "-".join(str(t) for t in sorted([p["timesteps"], *p.get("extra_timesteps", [])]))
-                    run_id = f"conv-{method}-{tag}-T{ts}-s{seed}"
-                    runs.setdefault(run_id, RunSpec(run_id, "conversion", seed, params, needs=ann_id))
+                    run_id = f"conv-{method}-{tag}-T{ts}{_options_tag(m, p)}-s{seed}"
+                    spec = runs.setdefault(run_id, RunSpec(run_id, "conversion", seed, params, needs=ann_id))
+                    if spec.params != params:
+                        raise StudyError(f"study {study.name!r}: two conversion runs would share the folder "
+                                         f"{run_id} with different settings; give them different targets or merge "
+                                         "their [[methods]] tables")
     return sorted(runs.values(), key=lambda r: (r.kind != "ann", r.run_id))

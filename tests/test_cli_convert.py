@@ -45,6 +45,10 @@ def test_simulate_reloads_the_snn(run_dir, tmp_path):
     m = json.loads((run_dir / "metrics.json").read_text())
     assert sim["synops"] == pytest.approx(m["points"][0]["sim_synops"], rel=1e-6)
     assert sim["accuracy"] == pytest.approx(m["points"][0]["sim_accuracy"])
+    signed = tmp_path / "signed.json"  # the same weights with the biases at the first/last step: another SNN
+    assert main(["simulate", str(run_dir / "snn"), "--timesteps", "6", "--samples", "200", "--quiet",
+                 "--bias-timing", "signed", "--json", str(signed)]) == 0
+    assert json.loads(signed.read_text())["synops"] != pytest.approx(sim["synops"], rel=1e-6)
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -127,3 +127,14 @@ def test_an_unknown_timing_is_refused_before_anything_is_written(tmp_path):
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="unknown bias timing"):
         to_sinabs(_hand_net(), encoding="count", bias_timing="late")
+
+
+def test_a_large_snn_gap_under_spread_biases_suggests_another_timing():
+    from synopt.convert.pipeline import bias_timing_hint
+
+    hint = bias_timing_hint(0.70, 0.12, "spread", _hand_net())
+    assert "58.0 points below its QReLU network (12.00% vs 70.00%)" in hint and "--bias-timing signed" in hint
+    assert bias_timing_hint(0.70, 0.69, "spread", _hand_net()) is None  # within 2 points
+    assert bias_timing_hint(0.70, 0.12, "signed", _hand_net()) is None  # already moved
+    no_bias = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), nn.Linear(2, 2, bias=False))
+    assert bias_timing_hint(0.70, 0.12, "spread", no_bias) is None  # the gap has another cause

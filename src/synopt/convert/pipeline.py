@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from synopt import data, energy
-from synopt.convert.bias_timing import BIAS_TIMINGS
+from synopt.convert.bias_timing import BIAS_TIMINGS, biased_layers
 from synopt.convert.qat import QReLUNetwork, estimate, finetune, qrelu_network
 from synopt.convert.rho import scale_first_layer
 from synopt.convert.source import ModelSource, keep_copy, load_model
@@ -187,6 +187,20 @@ def _point(label: str, sim: SimResult, **extra) -> dict:
             "sim_input_synops": sim.input_synops, "accuracy_per_step": sim.accuracy_per_step,
             "synops_per_layer": sim.synops_per_layer, "firing_rate": sim.firing_rate,
             "silent_layers": sim.silent_layers, "silent_output_fraction": sim.silent_output_fraction, **extra}
+
+
+BIAS_GAP = 0.02  # SNN this far below its static QReLU network: suggest another bias timing
+
+
+def bias_timing_hint(qrelu_accuracy: float, snn_accuracy: float, timing: str, net: torch.nn.Module) -> str | None:
+    """A notice when the SNN of a static-image point falls more than ``BIAS_GAP`` below its QReLU network while
+    biases are spread over the steps, the usual cause (docs/conversion.md, "Bias timing"); None otherwise."""
+    gap = qrelu_accuracy - snn_accuracy
+    if timing != "spread" or gap <= BIAS_GAP or not biased_layers(net):
+        return None
+    return (f"the SNN is {100 * gap:.1f} points below its QReLU network ({100 * snn_accuracy:.2f}% vs "
+            f"{100 * qrelu_accuracy:.2f}%); biases spread as b/T per step let IF neurons fire before the input that "
+            "cancels them arrives. Try --bias-timing signed (docs/conversion.md)")
 
 
 def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float,
@@ -448,6 +462,9 @@ def run_conversion(cfg: ConvertConfig) -> dict:
                 point.update({"qrelu_time_aware_accuracy": ta_acc, "qrelu_time_aware_synops": ta_syn,
                               "qrelu_time_aware_samples": n_ta})
             res = _sim(qnet_cal.net, "count", sim_splits, cfg, shape)
+            hint = None if splits.is_event else bias_timing_hint(est_acc, res.accuracy, cfg.bias_timing, ann)
+            if hint and not any(n.startswith("bias timing:") for n in notes):
+                notes.append(f"bias timing: {label}: {hint}")
             metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn,
                                             at_timesteps=_at_timesteps(qnet_cal.net, "count", sim_splits, cfg, shape),
                                             **point))

@@ -34,13 +34,15 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--ann", help="reuse this digitsnet checkpoint (e.g. target0/source/ann.pt of an earlier run)")
     ap.add_argument("--time-aware-qat", action="store_true", help="QAT on count-coded input (convert --time-aware-qat)")
+    ap.add_argument("--bias-timing", default="spread", help="synopt convert --bias-timing (docs/conversion.md)")
     ap.add_argument("--section", default="conversion-targets", help="docs/benchmarks.md section to write")
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="synopt-bench-"))
     root = work / "data"
     subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
     common = ["--dataset", "fashion-mnist", "--data-root", str(root), "--epochs", str(args.epochs), "--lr", "3e-3",
-              "--timesteps", str(args.timesteps), *(["--time-aware-qat"] if args.time_aware_qat else [])]
+              "--timesteps", str(args.timesteps), "--bias-timing", args.bias_timing,
+              *(["--time-aware-qat"] if args.time_aware_qat else [])]
     rows = []
     ann = Path(args.ann) if args.ann else None
     for i, target in enumerate(args.targets.split(",")):
@@ -61,7 +63,7 @@ def main() -> None:
     body = (f"Fashion-MNIST, zoo `digitsnet` at 1x28x28 ({r0['macs']:,} MACs), ANN trained {args.train_epochs} epochs "
             f"(test accuracy {100 * r0['ann_acc']:.2f}%), "
             f"QAT {args.epochs} epochs per target{' (time-aware: on count-coded input)' if args.time_aware_qat else ''}, "
-            f"T = {args.timesteps}, count coding, full test set (10,000) "
+            f"T = {args.timesteps}, count coding, biases {args.bias_timing} (--bias-timing), full test set (10,000) "
             f"simulated in sinabs. Baseline SNN (plain weights, θ = 1): {100 * r0['baseline_acc']:.2f}% at "
             f"{r0['baseline_synops']:,.0f} SynOps.\n\n"
             "| target S0 | simulated SynOps | vs target | QReLU estimate | estimate vs sim | SNN acc | QReLU acc | "

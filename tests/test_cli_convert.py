@@ -209,6 +209,7 @@ def test_time_aware_qat_on_static_images_predicts_the_snn_exactly(tmp_path, time
     assert [row["time_aware"] for row in p["history"]] == ([False, True] if time_aware_epochs else [True, True])
     assert all(row["synops"] > 0 for row in p["history"])
     assert json.loads((out / "snn" / "spec.json").read_text())["bias_timing"] == timing
+    assert m["bias_timing"] == timing and f"biases entering `{timing}`" in (out / "summary.md").read_text()
     sim = simulate_run(out / "snn", timesteps=4, samples=150, progress=False)
     assert sim.accuracy == p["sim_accuracy"] and sim.synops == pytest.approx(p["sim_synops"], rel=1e-6)
     if timing != "spread":  # the same weights with the biases spread give another SNN

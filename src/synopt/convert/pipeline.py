@@ -332,6 +332,7 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             notes.append("event data: the time-aware QReLU does not model these neuron options; calibration "
                          "simulates the SNN on the validation frames instead")
     metrics: dict = {"ann_accuracy": ann_acc, "macs": account.macs, "input_shape": list(shape),
+                     "timesteps": cfg.timesteps, "bias_timing": cfg.bias_timing,
                      "ann_fingerprint": state_fingerprint(ann), "notes": notes, "points": []}
     # baseline: plain ANN weights, threshold 1 (the red star of Fig. 2 of 003_*)
     baseline = _sim(ann, "count", sim_splits, cfg, shape)

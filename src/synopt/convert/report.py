@@ -83,7 +83,9 @@ def write_conversion_report(run_dir: Path, metrics: dict, account: energy.Networ
     b = metrics["baseline"]
     lines = [
         "# Conversion summary", "",
-        f"ANN accuracy {100 * metrics['ann_accuracy']:.2f}%, {metrics['macs']:,} MACs per inference.", "",
+        f"ANN accuracy {100 * metrics['ann_accuracy']:.2f}%, {metrics['macs']:,} MACs per inference."
+        + (f" SNNs simulated for T = {metrics['timesteps']} steps, biases entering `{metrics['bias_timing']}` "
+           "(`--bias-timing`, docs/conversion.md)." if "bias_timing" in metrics else ""), "",
         "| model | accuracy (SNN) | SynOps/inference | SynOps/MAC | ANN estimate acc | ANN estimate SynOps |",
         "|---|---|---|---|---|---|",
         f"| {b['label']} | {100 * b['sim_accuracy']:.2f}% | {b['sim_synops']:,.0f} | "

@@ -76,7 +76,7 @@ def fold_root(work: Path, root: Path, fold: int, folds: int) -> Path:
 
 def run_variant(name: str, work: Path, root: Path, seed: int, args, fold: int = 0) -> list[dict]:
     """ANN training, then per framing the baseline SNN and the QAT point at baseline SynOps / cut."""
-    opts = dict(VARIANTS[name])
+    opts = {**VARIANTS[name], "bias_timing": args.bias_timing}
     if args.event_augment and name == "event":
         opts["event_augment"] = args.event_augment
     root = fold_root(work, root, fold, args.folds)
@@ -189,6 +189,7 @@ def main() -> None:
                                                           "standard split, folds 1..N-1 test on disjoint chunks of "
                                                           "the train recordings")
     ap.add_argument("--fold", type=int, nargs="*", help="run only these folds (default: all)")
+    ap.add_argument("--bias-timing", default="spread", help="synopt convert --bias-timing for every SNN here")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--work", default=None)
     ap.add_argument("--section", default="conversion-dvs", help="docs/benchmarks.md section key")
@@ -221,7 +222,8 @@ def main() -> None:
             f"{args.train_epochs} epochs; QAT {args.epochs} epochs at lr {args.lr:g}"
             + (f" per point of a {args.points}-point halving schedule (from 2^{args.points - 1} x the target, each "
                "point initialised from the previous one)" if args.points > 1 else "")
-            + f", target = baseline SNN SynOps / {args.cut:g}; closed-loop target gain {gain}; {args.threads} torch "
+            + f", target = baseline SNN SynOps / {args.cut:g}; closed-loop target gain {gain}; biases "
+            f"{args.bias_timing} (--bias-timing); {args.threads} torch "
             "thread(s). Variants: **event** = "
             "the pipeline's defaults for event data (ANN on prefix-augmented images, time-aware QAT on random "
             "framings of 30 time bins into the "

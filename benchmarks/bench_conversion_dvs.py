@@ -89,10 +89,11 @@ def run_variant(name: str, work: Path, root: Path, seed: int, args, fold: int = 
     for i, (label, framing) in enumerate(FRAMINGS):
         if label not in args.framings:
             continue
-        b = convert(base / f"baseline-{i}", root, ann, seed, model, method="rho", rho=1.0, **framing,
+        timing = "" if args.bias_timing == "spread" else f"-{args.bias_timing}"  # the ANN is shared by timings
+        b = convert(base / f"baseline-{i}{timing}", root, ann, seed, model, method="rho", rho=1.0, **framing,
                     **opts)["baseline"]
         target = b["sim_synops"] / args.cut
-        m = convert(base / f"qat-{i}{args.qat_tag}", root, ann, seed, model, method="qrelu",
+        m = convert(base / f"qat-{i}{args.qat_tag}{timing}", root, ann, seed, model, method="qrelu",
                     target_synops=target * 2 ** (args.points - 1), schedule_points=args.points, epochs=args.epochs,
                     lr=args.lr, target_control=args.target_control, **framing, **opts)
         p = m["points"][-1]  # the last point of a halving schedule is at baseline / cut
@@ -210,7 +211,8 @@ def main() -> None:
     subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
     runs = [("event", s) for s in args.seeds] + [("image", s) for s in args.image_seeds]
     rows = [r for k in folds for v, s in runs for r in run_variant(v, work, root, s, args, k)]
-    (work / f"rows{args.ann_tag}{args.qat_tag}.json").write_text(json.dumps(rows, indent=1))
+    timing = "" if args.bias_timing == "spread" else f"-{args.bias_timing}"
+    (work / f"rows{args.ann_tag}{args.qat_tag}{timing}.json").write_text(json.dumps(rows, indent=1))
     gain = "0.5 (the default)" if args.target_control is None else format(args.target_control, "g")
     split = ("900 train / 100 validation / 100 test" if args.folds == 1 else
              f"{args.folds}-fold cross-validation over all 1,100 recordings, each fold 900 train / 100 validation / "

@@ -120,8 +120,8 @@ def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
     for name, key, build in nets:
         key = f"{key}@{args.recheck_samples}" + ("" if args.bias_timing == "spread" else f"/{args.bias_timing}")
         if key not in cache:
-            r = simulate(to_sinabs(build(), encoding="count", bias_timing=args.bias_timing), test, args.timesteps, (3, 32, 32),
-                         samples=args.recheck_samples, progress=True)
+            snn = to_sinabs(build(), encoding="count", bias_timing=args.bias_timing)
+            r = simulate(snn, test, args.timesteps, (3, 32, 32), samples=args.recheck_samples, progress=True)
             cache[key] = {"accuracy": r.accuracy, "synops": r.synops}
             cache_path.write_text(json.dumps(cache, indent=1))
         rows.append(f"| {name} | {100 * cache[key]['accuracy']:.2f}% | {cache[key]['synops']:,.0f} |")
@@ -302,7 +302,8 @@ def main() -> None:
         f"270,798,336 here), ANN trained {args.ann_epochs} epochs on {args.train_samples:,} images (random crop + "
         f"flip, Adam 1e-3, cosine{', bf16 autocast' if args.bf16_ann else ''}): test accuracy {100 * ann_acc:.2f}%. "
         f"SNNs simulated T = {args.timesteps} steps, "
-        f"count coding, biases {TIMING_NOTE.get(args.bias_timing, args.bias_timing)}, first {n_test:,} test images. QAT: {args.qat_epochs} epoch(s) per point on "
+        f"count coding, biases {TIMING_NOTE.get(args.bias_timing, args.bias_timing)}, first {n_test:,} test images. "
+        f"QAT: {args.qat_epochs} epoch(s) per point on "
         f"{args.qat_samples or args.train_samples:,} training images (lr {args.qat_lr:g}"
         f"{ta_note}; closed-loop target gain "
         f"{m_q.get('target_control', 0):g}), "

@@ -74,6 +74,11 @@ def fold_root(work: Path, root: Path, fold: int, folds: int) -> Path:
     return out
 
 
+def _timing_tag(args) -> str:
+    """Folder/file suffix of a non-default ``--bias-timing`` (empty for spread, so older work folders stay valid)."""
+    return "" if args.bias_timing == "spread" else f"-{args.bias_timing}"
+
+
 def run_variant(name: str, work: Path, root: Path, seed: int, args, fold: int = 0) -> list[dict]:
     """ANN training, then per framing the baseline SNN and the QAT point at baseline SynOps / cut."""
     opts = {**VARIANTS[name], "bias_timing": args.bias_timing}
@@ -89,7 +94,7 @@ def run_variant(name: str, work: Path, root: Path, seed: int, args, fold: int = 
     for i, (label, framing) in enumerate(FRAMINGS):
         if label not in args.framings:
             continue
-        timing = "" if args.bias_timing == "spread" else f"-{args.bias_timing}"  # the ANN is shared by timings
+        timing = _timing_tag(args)  # the ANN is shared by timings
         b = convert(base / f"baseline-{i}{timing}", root, ann, seed, model, method="rho", rho=1.0, **framing,
                     **opts)["baseline"]
         target = b["sim_synops"] / args.cut
@@ -211,8 +216,7 @@ def main() -> None:
     subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
     runs = [("event", s) for s in args.seeds] + [("image", s) for s in args.image_seeds]
     rows = [r for k in folds for v, s in runs for r in run_variant(v, work, root, s, args, k)]
-    timing = "" if args.bias_timing == "spread" else f"-{args.bias_timing}"
-    (work / f"rows{args.ann_tag}{args.qat_tag}{timing}.json").write_text(json.dumps(rows, indent=1))
+    (work / f"rows{args.ann_tag}{args.qat_tag}{_timing_tag(args)}.json").write_text(json.dumps(rows, indent=1))
     gain = "0.5 (the default)" if args.target_control is None else format(args.target_control, "g")
     split = ("900 train / 100 validation / 100 test" if args.folds == 1 else
              f"{args.folds}-fold cross-validation over all 1,100 recordings, each fold 900 train / 100 validation / "

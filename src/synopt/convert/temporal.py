@@ -3,9 +3,9 @@
 A QReLU network trained on the time-collapsed image of a recording predicts ``floor(relu(total charge))`` per
 neuron, but the SNN sees the events frame by frame: an IF neuron fires whenever its running charge crosses an
 integer, so its count is ``max_t floor(V_t)`` (``qrelu.if_spike_counts``), not ``floor(V_T)``. This module runs a
-QReLU network exactly as its IF twin runs on frames ``[B, T, C, H, W]`` (every QReLU in time mode, every bias injected per
-step as the conversion's bias timing (``bias_timing.py``; b/T per step by default), every folded input offset as
-b/T per step, the output layer an IF layer read out by spike count), so that
+QReLU network exactly as its IF twin runs on frames ``[B, T, C, H, W]`` (every QReLU in time mode, every bias
+injected per step as the conversion's bias timing (``bias_timing.py``; b/T per step by default), every folded input
+offset as b/T per step, the output layer an IF layer read out by spike count), so that
 
 * the SynOp estimate on frames equals the simulated SynOps (``estimate`` dispatches here for frame data), and
 * QAT can train on random framings of each recording (``RandomFraming``) with the SynOp loss of Eq. 2 of 003_*
@@ -35,7 +35,8 @@ def exact_for(single_spike: bool = False, min_v_mem: float | None = None, init_v
 
 def per_step_constants(body: nn.Module) -> list[str]:
     """Names of the constant currents of ``body`` (weight-layer biases and folded input offsets) that the SNN
-    injects as b/T per step under count coding (``SpikingNetwork._bias_per_step`` of to_sinabs.py)."""
+    injects as b/T per step under count coding and the ``spread`` bias timing
+    (``SpikingNetwork._constant_currents`` of to_sinabs.py)."""
     return [f"{name}.bias" if name else "bias" for name, _ in biased_layers(body)] + input_offsets(body)
 
 

@@ -143,11 +143,12 @@ class SpikingNetwork(nn.Module):
         both every step (a bias's charge is then T·b). Other timings move each bias's charge by forward hooks.
         """
         spread_input = self.encoding not in ("rate", "poisson")
-        timed = self.bias_timing != "spread" and t_steps > 1 and biased_layers(self.body)
+        biases = [mod.bias for _, mod in biased_layers(self.body)]
+        timed = self.bias_timing != "spread" and t_steps > 1 and bool(biases)
         constants = [] if not spread_input or t_steps == 1 else \
             [self.body.get_buffer(name) for name in input_offsets(self.body)]
         if spread_input and t_steps > 1 and not timed:
-            constants += [mod.bias for _, mod in biased_layers(self.body)]
+            constants += biases
         saved = [c.detach().clone() for c in constants]
         with torch.no_grad():
             for c in constants:

@@ -75,7 +75,8 @@ def control_ann(work: Path, ann: torch.nn.Module, splits, args) -> Path:
     from synopt.finetune.train import TrainConfig, fit, seeded_subset
     from synopt.runs import save_checkpoint
 
-    out = work / f"ann-control{args.control_epochs}.pt"
+    tag = f"-bn{args.recalibrate_bn}" if args.recalibrate_bn else ""
+    out = work / f"ann{tag}-control{args.control_epochs}.pt"
     if not out.is_file():
         torch.manual_seed(0)
         net = copy.deepcopy(ann)
@@ -84,10 +85,30 @@ def control_ann(work: Path, ann: torch.nn.Module, splits, args) -> Path:
                 m.p = 0.0
         train = seeded_subset(splits.train, args.qat_samples or args.train_samples, 0)
         cfg = TrainConfig(epochs=args.control_epochs, batch_size=64, lr=args.qat_lr, schedule="cosine", seed=0)
-        fit(net, train, splits.val, cfg, checkpoint_dir=work / f"ann-control{args.control_epochs}-ckpt",
+        fit(net, train, splits.val, cfg, checkpoint_dir=work / f"ann{tag}-control{args.control_epochs}-ckpt",
             desc="control ANN")
         save_checkpoint(out, {"state_dict": net.state_dict()})
     return out
+
+
+def recalibrated_ann(work: Path, net: torch.nn.Module, splits, samples: int) -> tuple[Path, tuple[float, float]]:
+    """``net`` with its BN statistics re-estimated in place on ``samples`` training images, dropout off
+    (``--recalibrate-bn``), saved as ``WORK/ann-bnN.pt``; returns that path and the test accuracy before/after."""
+    from synopt.finetune.bn_stats import recalibrate_batchnorm
+    from synopt.finetune.train import evaluate
+    from synopt.runs import save_checkpoint
+
+    out, record = work / f"ann-bn{samples}.pt", work / f"ann-bn{samples}.json"
+    if record.is_file():  # the same deterministic result as before
+        accs = tuple(json.loads(record.read_text())["test_accuracy"])
+    else:
+        accs = (evaluate(net, splits.test),)
+    recalibrate_batchnorm(net, splits.train, samples, seed=0)
+    if not record.is_file():
+        accs = (*accs, evaluate(net, splits.test))
+        save_checkpoint(out, {"state_dict": net.state_dict()})
+        record.write_text(json.dumps({"test_accuracy": accs}))
+    return out, accs
 
 
 def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
@@ -217,6 +238,9 @@ def main() -> None:
     ap.add_argument("--control-epochs", type=int, default=0,
                     help="also fine-tune the ANN this many epochs like QAT but without quantization or SynOp loss, "
                          "and compare the QAT points to that control ANN's rho curve")
+    ap.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                    help="re-estimate the trained ANN's BN statistics on N training images with dropout off "
+                         "(finetune/bn_stats.py) and use that ANN for every curve here")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/bench-cifar")
     args = ap.parse_args()
@@ -246,6 +270,11 @@ def main() -> None:
         save_checkpoint(ckpt, {"state_dict": net.state_dict()})
     net = zoo.build("allconvnet", **overrides)
     net.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+    bn_note = " and BN (folded before conversion)" if args.batch_norm else ""
+    if args.recalibrate_bn:
+        ckpt, recal = recalibrated_ann(work, net, splits, args.recalibrate_bn)
+        bn_note += (f"; its BN statistics re-estimated on {args.recalibrate_bn:,} training images with dropout off "
+                    f"(test accuracy {100 * recal[0]:.2f}% as trained)")
     macs = energy.analyze(net, (3, 32, 32)).macs
     source = ModelSource("zoo", name="allconvnet", checkpoint=str(ckpt), overrides=overrides)
     common = dict(source=source, dataset="cifar10", data_root=str(root), timesteps=args.timesteps,
@@ -296,7 +325,6 @@ def main() -> None:
             ta_note += f" of {args.time_aware_samples:,} of those images"
     n_ta = m_q["points"][0].get("qrelu_time_aware_samples") if m_q["points"] else None
     ta_on = f" on the first {n_ta:,} test images" if n_ta and n_ta < n_test else ""
-    bn_note = " and BN (folded before conversion)" if args.batch_norm else ""
     lines = [
         f"CIFAR-10, All-ConvNet with channel width x{args.width:g}{bn_note} ({macs:,} MACs; the paper's x1 net has "
         f"270,798,336 here), ANN trained {args.ann_epochs} epochs on {args.train_samples:,} images (random crop + "

@@ -177,7 +177,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
                         train_epochs=args.train_epochs, progress=not args.quiet,
                         event_augment=None if args.event_augment == "none" else args.event_augment,
                         maxpool="keep" if args.keep_maxpool else "avg", bias="remove" if args.remove_bias else "keep",
-                        input_convention=convention or None)
+                        recalibrate_bn=args.recalibrate_bn, input_convention=convention or None)
     if args.train_epochs and (args.onnx or args.checkpoint or args.torchvision):
         raise UserError("--train-epochs trains a zoo model from scratch; it cannot be combined with --onnx, "
                         "--torchvision or --checkpoint")
@@ -385,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--keep-maxpool", action="store_true",
                     help="keep max pooling on spikes (default: replaced by average pooling, which converts better)")
     cv.add_argument("--remove-bias", action="store_true", help="drop biases (default: constant input currents)")
+    cv.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
+                    help="re-estimate BatchNorm statistics on N training images with dropout off before folding them "
+                         "(fixes the variance shift of dropout in front of BN; default 0: as trained)")
     cv.add_argument("--dataset", default="digits", help="dataset name (see `synopt data list`; default digits)")
     cv.add_argument("--data-root", help="data root (or set SYNOPT_DATA_ROOT)")
     cv.add_argument("--method", choices=("qrelu", "scale", "rho"), default="qrelu",

@@ -303,13 +303,14 @@ lr = [1e-3, 1e-2]
 route = "conversion"
 target_synops = 3e4
 single_spike = true
+recalibrate_bn = 2000
 """))
     ids = sorted(s.run_id for s in expand(study) if s.kind == "conversion")
     assert ids == ["conv-qrelu-t30000x1-T10-bias_timing=signed-lr=0.001-s0",
                    "conv-qrelu-t30000x1-T10-bias_timing=signed-lr=0.01-s0",
                    "conv-qrelu-t30000x1-T10-bias_timing=spread-lr=0.001-s0",
                    "conv-qrelu-t30000x1-T10-bias_timing=spread-lr=0.01-s0",
-                   "conv-qrelu-t30000x1-T10-single_spike=True-s0"]
+                   "conv-qrelu-t30000x1-T10-recalibrate_bn=2000-single_spike=True-s0"]
     clash = load_study(_study(tmp_path, """
 model = "digitsnet"
 dataset = "digits"

@@ -44,7 +44,8 @@ DIRECT_KEYS = {"route", "penalty", "p", "lambda_norm", "surrogate", "alpha", "ta
                "bn_decay", "optimizer", "label_smoothing", "from_ann", "init_rate", "schedule"}
 CONVERSION_KEYS = {"route", "method", "target_synops", "target_fraction", "schedule_points", "timesteps", "epochs", "lr",
                    "weight_decay", "rho", "percentile", "calibrate", "single_spike", "init_v_fraction",
-                   "bias_timing", "estimate_samples", "event_count", "n_time_bins", "separate_timesteps"}
+                   "bias_timing", "recalibrate_bn", "estimate_samples", "event_count", "n_time_bins",
+                   "separate_timesteps"}
 ROUTES = {"direct": DIRECT_KEYS, "conversion": CONVERSION_KEYS}
 
 
@@ -180,14 +181,15 @@ def _direct_id(p: dict, seed: int) -> str:
 
 _TAGGED = {"route", "method", "target_synops", "target_fraction", "schedule_points", "rho", "percentile", "timesteps",
            "separate_timesteps"}
-NEURON_DEFAULTS = {"single_spike": False, "init_v_fraction": 0.0, "bias_timing": "spread"}
+OPTION_DEFAULTS = {"single_spike": False, "init_v_fraction": 0.0, "bias_timing": "spread", "recalibrate_bn": 0}
 
 
 def _options_tag(method: dict, p: dict) -> str:
-    """Run-id suffix of a conversion run: every other grid axis of its [[methods]] table and every neuron option
-    that differs from its default (``-bias_timing=signed``), so runs that differ in them get their own folders."""
+    """Run-id suffix of a conversion run: every other grid axis of its [[methods]] table and every neuron or
+    preparation option that differs from its default (``-bias_timing=signed``), so runs that differ in them get
+    their own folders."""
     keys = sorted({k for k, v in method.items() if isinstance(v, list) and k not in _TAGGED}
-                  | {k for k, d in NEURON_DEFAULTS.items() if p.get(k, d) != d})
+                  | {k for k, d in OPTION_DEFAULTS.items() if p.get(k, d) != d})
     return "".join(f"-{k}={_num(p[k]) if isinstance(p[k], float) else p[k]}" for k in keys)
 
 

@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 CONVENTIONS = ("exact", "eq7")
+# the modules whose weights are synapses: every fan-out, SynOp and MAC of the accounting sits on one of these
+WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class AccountingError(ValueError):
@@ -456,7 +458,7 @@ class _Account(fx.Interpreter):
         if not vals:
             return self._wrap_const(real)
         x = vals[0]
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if isinstance(mod, WEIGHT_TYPES):
             return self._weight_layer(target, mod, x, real)
         if not any(v.reach for v in vals) and _is_tensor(real):  # no spikes pass here (e.g. a readout head)
             return self._wrap_const(real)

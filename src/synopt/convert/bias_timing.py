@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from synopt.energy import WEIGHT_TYPES
+
 BIAS_TIMINGS = ("spread", "negative-first", "signed")
-WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def check_timing(timing: str) -> str:

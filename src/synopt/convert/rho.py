@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from synopt import energy
 
-_WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_WEIGHT_TYPES = energy.WEIGHT_TYPES
 
 
 def _weight_nodes(gm: fx.GraphModule) -> dict[fx.Node, nn.Module]:

@@ -51,7 +51,7 @@ from synopt import energy
 __all__ = ["robust_scale", "ScalingResult", "ScalingError", "SilentLayerWarning", "scale_groups",
            "StreamingPercentile"]
 
-_WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_WEIGHT_TYPES = energy.WEIGHT_TYPES
 _BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d,
              nn.InstanceNorm2d, nn.InstanceNorm3d)
 # modules f with f(c x) = c f(x) for c > 0 that pass spikes on unchanged in kind

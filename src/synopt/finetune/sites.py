@@ -10,7 +10,7 @@ from synopt import energy
 from synopt.finetune.neuron import SingleStepNeuron, ThresholdNeuron
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_LINEAR = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_LINEAR = energy.WEIGHT_TYPES
 
 def call_counts(gm) -> dict[str, int]:
     counts: dict[str, int] = {}

@@ -15,7 +15,7 @@ from .. import energy
 NOTES_KEY = "synopt_notes"
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-WEIGHT_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+WEIGHT_TYPES = energy.WEIGHT_TYPES
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 

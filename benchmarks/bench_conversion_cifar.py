@@ -66,17 +66,19 @@ def compare(points: list[dict], curve: list[tuple[float, float]]) -> tuple[list[
     return rows, best_ratio, best_bound
 
 
-def control_ann(work: Path, ann: torch.nn.Module, splits, args) -> Path:
-    """The ANN fine-tuned like a QAT point, without what QAT adds: ``--control-epochs`` epochs on the QAT images
-    (no augmentation), Adam at ``--qat-lr`` with a cosine schedule, dropout off as in QAT, plain ReLU, no SynOp
-    loss. Its rho curve tells what the extra training alone buys."""
+def control_ann(work: Path, ann: torch.nn.Module, splits, args, epochs: int | None = None) -> Path:
+    """The ANN fine-tuned like a QAT point, without what QAT adds: ``epochs`` (default ``--control-epochs``) epochs
+    on the QAT images (no augmentation), Adam at ``--qat-lr`` with a cosine schedule, dropout off as in QAT, plain
+    ReLU, no SynOp loss. Its rho curve tells what the extra training alone buys; with ``--ann-finetune-epochs`` it
+    is the ANN every curve starts from."""
     import copy
 
     from synopt.finetune.train import TrainConfig, fit, seeded_subset
     from synopt.runs import save_checkpoint
 
+    epochs = args.control_epochs if epochs is None else epochs
     tag = f"-bn{args.recalibrate_bn}" if args.recalibrate_bn else ""
-    out = work / f"ann{tag}-control{args.control_epochs}.pt"
+    out = work / f"ann{tag}-control{epochs}.pt"
     if not out.is_file():
         torch.manual_seed(0)
         net = copy.deepcopy(ann)
@@ -84,9 +86,8 @@ def control_ann(work: Path, ann: torch.nn.Module, splits, args) -> Path:
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
         train = seeded_subset(splits.train, args.qat_samples or args.train_samples, 0)
-        cfg = TrainConfig(epochs=args.control_epochs, batch_size=64, lr=args.qat_lr, schedule="cosine", seed=0)
-        fit(net, train, splits.val, cfg, checkpoint_dir=work / f"ann{tag}-control{args.control_epochs}-ckpt",
-            desc="control ANN")
+        cfg = TrainConfig(epochs=epochs, batch_size=64, lr=args.qat_lr, schedule="cosine", seed=0)
+        fit(net, train, splits.val, cfg, checkpoint_dir=work / f"ann{tag}-control{epochs}-ckpt", desc="control ANN")
         save_checkpoint(out, {"state_dict": net.state_dict()})
     return out
 
@@ -241,6 +242,10 @@ def main() -> None:
     ap.add_argument("--recalibrate-bn", type=int, default=0, metavar="N",
                     help="re-estimate the trained ANN's BN statistics on N training images with dropout off "
                          "(finetune/bn_stats.py) and use that ANN for every curve here")
+    ap.add_argument("--ann-finetune-epochs", type=int, default=0, metavar="E",
+                    help="fine-tune the trained ANN E epochs like the control (no augmentation, no dropout, Adam at "
+                         "--qat-lr) and start every curve from that ANN, so QAT's extra epochs add no fit the ANN "
+                         "lacked")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="/tmp/bench-cifar")
     args = ap.parse_args()
@@ -271,10 +276,18 @@ def main() -> None:
     net = zoo.build("allconvnet", **overrides)
     net.load_state_dict(load_checkpoint(ckpt)["state_dict"])
     bn_note = " and BN (folded before conversion)" if args.batch_norm else ""
+    ann_note = ""  # what was done to the trained ANN before the curves
     if args.recalibrate_bn:
         ckpt, recal = recalibrated_ann(work, net, splits, args.recalibrate_bn)
-        bn_note += (f"; its BN statistics re-estimated on {args.recalibrate_bn:,} training images with dropout off "
-                    f"(test accuracy {100 * recal[0]:.2f}% as trained)")
+        ann_note += (f"; its BN statistics re-estimated on {args.recalibrate_bn:,} training images with dropout off "
+                     f"(test accuracy {100 * recal[0]:.2f}% -> {100 * recal[1]:.2f}%)")
+    if args.ann_finetune_epochs:
+        if args.control_epochs:
+            raise SystemExit("--ann-finetune-epochs already starts from the control ANN; drop --control-epochs")
+        ckpt = control_ann(work, net, splits, args, epochs=args.ann_finetune_epochs)
+        net.load_state_dict(load_checkpoint(ckpt)["state_dict"])
+        ann_note += (f"; then fine-tuned {args.ann_finetune_epochs} epochs without augmentation or dropout (Adam "
+                     f"{args.qat_lr:g}, cosine; --ann-finetune-epochs)")
     macs = energy.analyze(net, (3, 32, 32)).macs
     source = ModelSource("zoo", name="allconvnet", checkpoint=str(ckpt), overrides=overrides)
     common = dict(source=source, dataset="cifar10", data_root=str(root), timesteps=args.timesteps,
@@ -328,7 +341,8 @@ def main() -> None:
     lines = [
         f"CIFAR-10, All-ConvNet with channel width x{args.width:g}{bn_note} ({macs:,} MACs; the paper's x1 net has "
         f"270,798,336 here), ANN trained {args.ann_epochs} epochs on {args.train_samples:,} images (random crop + "
-        f"flip, Adam 1e-3, cosine{', bf16 autocast' if args.bf16_ann else ''}): test accuracy {100 * ann_acc:.2f}%. "
+        f"flip, Adam 1e-3, cosine{', bf16 autocast' if args.bf16_ann else ''}){ann_note}: test accuracy "
+        f"{100 * ann_acc:.2f}%. "
         f"SNNs simulated T = {args.timesteps} steps, "
         f"count coding, biases {TIMING_NOTE.get(args.bias_timing, args.bias_timing)}, first {n_test:,} test images. "
         f"QAT: {args.qat_epochs} epoch(s) per point on "

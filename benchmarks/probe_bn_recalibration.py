@@ -1,4 +1,4 @@
-"""How much the dropout/BN variance shift costs a CIFAR-10 All-ConvNet (x``--width``, BN) during training.
+"""How much the dropout/BN variance shift costs a network during training (default: CIFAR-10 All-ConvNet x0.25, BN).
 
 Trains the ANN as bench_conversion_cifar.py does (crop + flip, Adam 1e-3, cosine over ``--epochs``, bf16) and after
 each epoch of ``--report-at`` evaluates it on the test set as trained and after ``recalibrate_batchnorm`` (BN
@@ -25,6 +25,9 @@ SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="allconvnet", help="zoo model (allconvnet gets --width and BN)")
+    ap.add_argument("--dataset", default="cifar10")
+    ap.add_argument("--train-samples", type=int, default=50000)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--report-at", default="1,2,4", help="comma-separated epochs to evaluate at")
@@ -42,8 +45,9 @@ def main() -> None:
     root = Path(args.work) / "data"
     if not root.is_dir():
         subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
-    splits = data.load("cifar10", str(root), split_seed=0)
-    train = data.load("cifar10", str(root), split_seed=0, augment="crop+flip").train
+    splits = data.load(args.dataset, str(root), split_seed=0)
+    cifar = args.model == "allconvnet"
+    train = data.load(args.dataset, str(root), split_seed=0, augment="crop+flip").train if cifar else splits.train
     at = {int(e) for e in args.report_at.split(",")}
     rows = []
 
@@ -57,19 +61,23 @@ def main() -> None:
         print(rows[-1], flush=True)
 
     torch.manual_seed(0)
-    net = zoo.build("allconvnet", width=args.width, batch_norm=True)
+    net = zoo.build(args.model, **({"width": args.width, "batch_norm": True} if cifar else {}))
     cfg = TrainConfig(epochs=args.epochs, batch_size=64, lr=1e-3, weight_decay=1e-4, schedule="cosine", seed=0,
                       bf16=True)
-    fit(net, seeded_subset(train, 50000, 0), None, cfg, on_epoch_end=on_epoch_end, desc="All-ConvNet ANN")
-    lines = [f"CIFAR-10 All-ConvNet x{args.width:g} with BN, dropout 0.2 on the input and 0.1 after every conv "
-             f"(003_* §2.4.2), trained {args.epochs} epochs as in bench_conversion_cifar.py (cosine over these "
-             f"epochs). Test accuracy on all 10,000 test images as trained and after re-estimating the BN "
+    fit(net, seeded_subset(train, args.train_samples, 0), None, cfg, on_epoch_end=on_epoch_end, desc="All-ConvNet ANN")
+    what = (f"CIFAR-10 All-ConvNet x{args.width:g} with BN, dropout 0.2 on the input and 0.1 after every conv "
+            f"(003_* §2.4.2), trained {args.epochs} epochs on {args.train_samples:,} images as in "
+            f"bench_conversion_cifar.py (cosine over these epochs)" if cifar else
+            f"{args.dataset}, zoo {args.model}, trained {args.epochs} epochs on {args.train_samples:,} images (Adam "
+            f"1e-3, cosine over these epochs, bf16 autocast, no augmentation)")
+    n_test = len(splits.test)
+    lines = [f"{what}. Test accuracy on all {n_test:,} test images as trained and after re-estimating the BN "
              f"statistics on {args.samples:,} training images with dropout off (`recalibrate_batchnorm`).", "",
-             "| epoch | train acc (augmented, dropout on) | test acc as trained | test acc recalibrated | change [pt] |",
+             f"| epoch | train acc ({'augmented, ' if cifar else ''}dropout on) | test acc as trained | test acc recalibrated | change [pt] |",
              "|---|---|---|---|---|",
              *[f"| {e} | {100 * tr:.2f}% | {100 * a:.2f}% | {100 * b:.2f}% | {100 * (b - a):+.2f} |"
                for e, tr, a, b in rows]]
-    write_section(args.section, "Probe: BN statistics re-estimated with dropout off (CIFAR-10 All-ConvNet)",
+    write_section(args.section, f"Probe: BN statistics re-estimated with dropout off ({args.dataset} {args.model})",
                   "\n".join(lines))
     print("\n".join(lines))
 

@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from common import write_section
+from common import materialize, write_section
 
-SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 TIMING_NOTE = {"spread": "as b/T per step", "negative-first": "negative ones at the first step, positive ones b/T per "
@@ -260,7 +257,7 @@ def main() -> None:
     work = Path(args.work)
     root = work / "data"
     if not root.is_dir():
-        subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
+        materialize(root)
     overrides = {"width": args.width, **({"batch_norm": True} if args.batch_norm else {})}
     ckpt = work / "ann.pt"
     splits = data.load("cifar10", str(root), split_seed=0)

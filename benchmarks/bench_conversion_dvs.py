@@ -20,18 +20,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import write_section
+from common import materialize, write_section
 
-SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 FRAMINGS = (("3,000-event frames", {"frames": {"event_count": 3000}}), ("10 time bins", {"timesteps": 10}))
 VARIANTS = {"event": {}, "image": {"event_augment": None, "temporal_qat": False}}
 
@@ -213,7 +209,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="synopt-dvs-"))
     root = work / "data"
-    subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
+    materialize(root)
     runs = [("event", s) for s in args.seeds] + [("image", s) for s in args.image_seeds]
     rows = [r for k in folds for v, s in runs for r in run_variant(v, work, root, s, args, k)]
     (work / f"rows{args.ann_tag}{args.qat_tag}{_timing_tag(args)}.json").write_text(json.dumps(rows, indent=1))

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import write_section
+from common import materialize, write_section
 
-SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def synopt(*args: str) -> None:
@@ -39,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="synopt-bench-"))
     root = work / "data"
-    subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
+    materialize(root)
     common = ["--dataset", "fashion-mnist", "--data-root", str(root), "--epochs", str(args.epochs), "--lr", "3e-3",
               "--timesteps", str(args.timesteps), "--bias-timing", args.bias_timing,
               *(["--time-aware-qat"] if args.time_aware_qat else [])]

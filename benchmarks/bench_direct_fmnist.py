@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,9 +17,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from common import write_section
+from common import materialize, write_section
 
-SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def direct(work: Path, name: str, root: Path, args, *extra: str) -> dict:
@@ -57,7 +55,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="synopt-direct-"))
     root = work / "data"
-    subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
+    materialize(root)
     relu = relu_accuracy(root, args)
     print(f"ReLU CNN7: {100 * relu:.2f}%")
     base = direct(work, "s2nn-0", root, args, "--surrogate", "s2nn", "--penalty", "none")

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-from common import write_section
+from common import materialize, write_section
 
-SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def relu_run(out: Path, root: Path, lr: float, args) -> dict:
@@ -63,8 +61,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     work = Path(args.work)
     root = work / "data"
-    subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True,
-                   stdout=subprocess.DEVNULL)
+    materialize(root, quiet=True)
     grid = {"ReLU": [float(v) for v in (args.relu_lrs or args.lrs).split(",")],
             "S2NN": [float(v) for v in (args.s2nn_lrs or args.lrs).split(",")]}
     lrs = sorted(set(grid["ReLU"]) | set(grid["S2NN"]))

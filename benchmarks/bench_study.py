@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import DOC, write_section
+from common import DOC, materialize, write_section
 
-SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CURVE_METHODS = {"syn", "total", "balance", "qrelu", "rho"}
 
 
@@ -127,7 +125,7 @@ def main() -> None:
     if root is None:
         root = str(work / "data")
         if not Path(root).is_dir():
-            subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), root], check=True)
+            materialize(root)
     study = load_study(args.study, root)
     t0 = time.perf_counter()
     res = sweep(args.study, out=work / study.name, workers=args.workers, data_root=root)

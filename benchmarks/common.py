@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def materialize(root: str | Path, quiet: bool = False) -> None:
+    """Write the standard dataset layouts of ``SHARED/data`` under ``root`` (its materialize.py)."""
+    subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True,
+                   stdout=subprocess.DEVNULL if quiet else None)
 
 
 def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> float:

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from common import write_section
+from common import materialize, write_section
 
-SHARED = Path(os.environ.get("SYNOPT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def main() -> None:
@@ -44,7 +41,7 @@ def main() -> None:
 
     root = Path(args.work) / "data"
     if not root.is_dir():
-        subprocess.run([sys.executable, str(SHARED / "data" / "materialize.py"), str(root)], check=True)
+        materialize(root)
     splits = data.load(args.dataset, str(root), split_seed=0)
     cifar = args.model == "allconvnet"
     train = data.load(args.dataset, str(root), split_seed=0, augment="crop+flip").train if cifar else splits.train

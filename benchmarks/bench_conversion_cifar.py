@@ -63,6 +63,13 @@ def compare(points: list[dict], curve: list[tuple[float, float]]) -> tuple[list[
     return rows, best_ratio, best_bound
 
 
+def ann_config(epochs: int, bf16: bool):
+    """How the ANN is trained here (Adam 1e-3, weight decay 1e-4, cosine, batch 64, seed 0)."""
+    from synopt.finetune.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=64, lr=1e-3, weight_decay=1e-4, schedule="cosine", seed=0, bf16=bf16)
+
+
 def control_ann(work: Path, ann: torch.nn.Module, splits, args, epochs: int | None = None) -> Path:
     """The ANN fine-tuned like a QAT point, without what QAT adds: ``epochs`` (default ``--control-epochs``) epochs
     on the QAT images (no augmentation), Adam at ``--qat-lr`` with a cosine schedule, dropout off as in QAT, plain
@@ -89,24 +96,22 @@ def control_ann(work: Path, ann: torch.nn.Module, splits, args, epochs: int | No
     return out
 
 
-def recalibrated_ann(work: Path, net: torch.nn.Module, splits, samples: int) -> tuple[Path, tuple[float, float]]:
-    """``net`` with its BN statistics re-estimated in place on ``samples`` training images, dropout off
-    (``--recalibrate-bn``), saved as ``WORK/ann-bnN.pt``; returns that path and the test accuracy before/after."""
+def recalibrated_ann(work: Path, net: torch.nn.Module, splits, samples: int) -> tuple[Path, list[float]]:
+    """``net`` with its BN statistics re-estimated on ``samples`` training images, dropout off
+    (``--recalibrate-bn``), saved once as ``WORK/ann-bnN.pt`` and loaded into ``net``; returns that path and the
+    test accuracy before/after."""
     from synopt.finetune.bn_stats import recalibrate_batchnorm
     from synopt.finetune.train import evaluate
-    from synopt.runs import save_checkpoint
+    from synopt.runs import load_checkpoint, save_checkpoint
 
-    out, record = work / f"ann-bn{samples}.pt", work / f"ann-bn{samples}.json"
-    if record.is_file():  # the same deterministic result as before
-        accs = tuple(json.loads(record.read_text())["test_accuracy"])
-    else:
-        accs = (evaluate(net, splits.test),)
-    recalibrate_batchnorm(net, splits.train, samples, seed=0)
-    if not record.is_file():
-        accs = (*accs, evaluate(net, splits.test))
-        save_checkpoint(out, {"state_dict": net.state_dict()})
-        record.write_text(json.dumps({"test_accuracy": accs}))
-    return out, accs
+    out = work / f"ann-bn{samples}.pt"
+    if not out.is_file():
+        before = evaluate(net, splits.test)
+        recalibrate_batchnorm(net, splits.train, samples, seed=0)
+        save_checkpoint(out, {"state_dict": net.state_dict(), "test_accuracy": [before, evaluate(net, splits.test)]})
+    state = load_checkpoint(out)
+    net.load_state_dict(state["state_dict"])
+    return out, state["test_accuracy"]
 
 
 def recheck(work: Path, ann, m_q: dict, q_dir: Path, test, args) -> list[str]:
@@ -251,7 +256,7 @@ def main() -> None:
     from synopt import data, energy, zoo
     from synopt.convert.pipeline import ConvertConfig, run_conversion
     from synopt.convert.source import ModelSource
-    from synopt.finetune.train import TrainConfig, fit, seeded_subset
+    from synopt.finetune.train import fit, seeded_subset
     from synopt.runs import load_checkpoint, save_checkpoint
 
     work = Path(args.work)
@@ -266,8 +271,7 @@ def main() -> None:
         net = zoo.build("allconvnet", **overrides)
         train = seeded_subset(data.load("cifar10", str(root), split_seed=0, augment="crop+flip").train,
                               args.train_samples, 0)
-        cfg = TrainConfig(epochs=args.ann_epochs, batch_size=64, lr=1e-3, weight_decay=1e-4, schedule="cosine",
-                          seed=0, bf16=args.bf16_ann)
+        cfg = ann_config(args.ann_epochs, args.bf16_ann)
         fit(net, train, splits.val, cfg, checkpoint_dir=work / "ann-ckpt", desc="All-ConvNet ANN")
         save_checkpoint(ckpt, {"state_dict": net.state_dict()})
     net = zoo.build("allconvnet", **overrides)

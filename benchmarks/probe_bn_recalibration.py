@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bench_conversion_cifar import ann_config
 from common import materialize, write_section
 
 
@@ -37,7 +38,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from synopt import data, zoo
     from synopt.finetune.bn_stats import recalibrate_batchnorm
-    from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
+    from synopt.finetune.train import evaluate, fit, seeded_subset
 
     root = Path(args.work) / "data"
     if not root.is_dir():
@@ -59,9 +60,8 @@ def main() -> None:
 
     torch.manual_seed(0)
     net = zoo.build(args.model, **({"width": args.width, "batch_norm": True} if cifar else {}))
-    cfg = TrainConfig(epochs=args.epochs, batch_size=64, lr=1e-3, weight_decay=1e-4, schedule="cosine", seed=0,
-                      bf16=True)
-    fit(net, seeded_subset(train, args.train_samples, 0), None, cfg, on_epoch_end=on_epoch_end, desc="All-ConvNet ANN")
+    fit(net, seeded_subset(train, args.train_samples, 0), None, ann_config(args.epochs, bf16=True),
+        on_epoch_end=on_epoch_end, desc="ANN")
     what = (f"CIFAR-10 All-ConvNet x{args.width:g} with BN, dropout 0.2 on the input and 0.1 after every conv "
             f"(003_* §2.4.2), trained {args.epochs} epochs on {args.train_samples:,} images as in "
             f"bench_conversion_cifar.py (cosine over these epochs)" if cifar else

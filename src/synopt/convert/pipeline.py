@@ -114,18 +114,13 @@ def _finished_points(previous: dict | None, fingerprint: str, out: Path) -> list
     return done
 
 
-def _recalibrate(model, cfg: ConvertConfig, train: Dataset, test: Dataset) -> Callable[[float], str] | None:
-    """``--recalibrate-bn``: re-estimate the model's BN statistics; returns the note's maker (given the accuracy
-    after) or None when off."""
+def _recalibrate(model, cfg: ConvertConfig, train: Dataset, test: Dataset) -> tuple[int, float] | None:
+    """``--recalibrate-bn``: re-estimate the model's BN statistics in place; returns (BN layers re-estimated, test
+    accuracy before), or None when off."""
     if not cfg.recalibrate_bn:
         return None
     before = evaluate(model, test)
-    n_bn = recalibrate_batchnorm(model, train, cfg.recalibrate_bn, seed=cfg.seed)
-    if not n_bn:
-        return lambda after: "recalibrate_bn: the model has no BatchNorm layer; nothing was re-estimated"
-    return lambda after: (f"recalibrate_bn: re-estimated {n_bn} BatchNorm layer(s) on {cfg.recalibrate_bn:,} "
-                          f"training images with dropout off; ANN test accuracy {100 * before:.2f}% -> "
-                          f"{100 * after:.2f}%")
+    return recalibrate_batchnorm(model, train, cfg.recalibrate_bn, seed=cfg.seed), before
 
 
 def _prepare(model, cfg: ConvertConfig, notes):
@@ -333,13 +328,16 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         notes[:] = [n for n in notes if not n.startswith("no checkpoint given")]
         notes.append(f"trained the ANN from scratch for {cfg.train_epochs} epochs "
                      f"(validation accuracy {100 * hist.epochs[-1].get('val_acc', float('nan')):.2f}%)")
-    recal_note = _recalibrate(model, cfg, train_images, splits.test)
+    recal = _recalibrate(model, cfg, train_images, splits.test)
     ann = _prepare(model, cfg, notes)
     ann.eval()
     account = energy.analyze(ann, shape)
     ann_acc = evaluate(ann, splits.test)
-    if recal_note:
-        notes.append(recal_note(ann_acc))
+    if recal:
+        n_bn, before = recal
+        notes.append(f"recalibrate_bn: re-estimated {n_bn} BatchNorm layer(s) on {cfg.recalibrate_bn:,} training "
+                     f"images with dropout off; ANN test accuracy {100 * before:.2f}% -> {100 * ann_acc:.2f}%"
+                     if n_bn else "recalibrate_bn: the model has no BatchNorm layer; nothing was re-estimated")
     val = Subset(splits.val, range(min(cfg.estimate_samples, len(splits.val))))
     # SynOp estimates are taken on what the SNN sees: images, or event frames (time-aware, temporal.py)
     est_val = Subset(sim_splits.val, range(min(cfg.estimate_samples, len(sim_splits.val)))) if splits.is_event else val

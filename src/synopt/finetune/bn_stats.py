@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from synopt.finetune.train import loader, seeded_subset
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # the norms with running statistics
 
 
 @torch.no_grad()
@@ -36,10 +36,10 @@ def recalibrate_batchnorm(model: nn.Module, data: Dataset, samples: int, batch_s
         raise ValueError(f"BN recalibration needs at least 2 training samples (a variance), got {samples}")
     if batch_size < 2:
         raise ValueError(f"BN recalibration needs batches of at least 2 samples (a variance), got {batch_size}")
-    bns = [m for m in model.modules() if isinstance(m, _BN)]
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES)]
     if not bns:
         return 0
-    untracked = [n for n, m in model.named_modules() if isinstance(m, _BN) and not m.track_running_stats]
+    untracked = [n for n, m in model.named_modules() if isinstance(m, BN_TYPES) and not m.track_running_stats]
     if untracked:
         raise ValueError(f"BatchNorm layer(s) {untracked} keep no running statistics (track_running_stats=False): "
                          "nothing to recalibrate; they normalise every batch by itself")

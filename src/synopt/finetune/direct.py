@@ -26,7 +26,8 @@ from synopt.finetune.neuron import SURROGATES, neuron_factory
 from synopt.finetune.penalty import PENALTY_KINDS, SCHEDULES, Penalty, SpikeRecorder, weight_decay_groups
 from synopt.finetune.fold import FoldResult, export_sinabs, fold_thresholds, load_folded, load_snn, save_snn
 from synopt.finetune.metrics import Measurement, direct_metrics, measure
-from synopt.finetune.sites import _BN, site_links
+from synopt.finetune.bn_stats import BN_TYPES
+from synopt.finetune.sites import site_links
 from synopt.finetune.train import TrainConfig, fit, loader, seeded_subset
 from synopt.runs import RunDir, load_checkpoint, save_checkpoint, write_text
 
@@ -107,7 +108,7 @@ def build_snn(model: str, input_shape, num_classes: int, surrogate: str = "s2nn"
 @torch.no_grad()
 def _recompute_bn_stats(model: nn.Module, batches: list[torch.Tensor]) -> None:
     """Running mean/var of every BN re-estimated (cumulative average) on ``batches``; dropout stays off."""
-    bns = [m for m in model.modules() if isinstance(m, _BN)]
+    bns = [m for m in model.modules() if isinstance(m, BN_TYPES)]
     model.eval()
     saved = []
     for bn in bns:

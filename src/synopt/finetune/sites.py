@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from synopt import energy
+from synopt.finetune.bn_stats import BN_TYPES
 from synopt.finetune.neuron import SingleStepNeuron, ThresholdNeuron
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _LINEAR = energy.WEIGHT_TYPES
 
 def call_counts(gm) -> dict[str, int]:
@@ -41,7 +41,7 @@ def site_links(model: nn.Module) -> list[SiteLink]:
                              "activation site its own module")
         link = SiteLink(node.target)
         src = node.args[0] if node.args else None
-        if (getattr(src, "op", None) == "call_module" and isinstance(modules.get(src.target), _BN)
+        if (getattr(src, "op", None) == "call_module" and isinstance(modules.get(src.target), BN_TYPES)
                 and len(src.users) == 1 and counts[src.target] == 1):
             link.bn = src.target
             pre = src.args[0] if src.args else None

@@ -164,7 +164,7 @@ def _axes_input(opset: int, since: int, name: str, axes, inits: dict) -> tuple[l
     return [], {"axes": list(axes)}
 
 
-def keras_nhwc(opset: int = 13, head: str = "flatten") -> onnx.ModelProto:
+def keras_nhwc(opset: int = 13, head: str = "flatten", classes: int = 5) -> onnx.ModelProto:
     """tf2onnx style: NHWC input, Rescaling (Mul) and per-channel Sub, Transpose to NCHW, convs, NCHW->NHWC
     Transpose before the Flatten (Reshape [-1, K]) or GlobalAveragePooling2D (ReduceMean over axes 1, 2 of the
     NHWC tensor), MatMul + Add head, Softmax output."""
@@ -173,7 +173,8 @@ def keras_nhwc(opset: int = 13, head: str = "flatten") -> onnx.ModelProto:
     inits = {
         "scale": np.array(1 / 255, dtype=np.float32), "mean": np.array([0.4, 0.5, 0.6], np.float32),
         "W1": _w(4, 3, 3, 3), "B1": _w(4), "W2": _w(6, 4, 3, 3), "B2": _w(6),
-        "flat_shape": np.array([-1, 4 * 4 * 6], np.int64), "Wd": _w(features, 5, scale=0.1), "Bd": _w(5),
+        "flat_shape": np.array([-1, 4 * 4 * 6], np.int64), "Wd": _w(features, classes, scale=0.1),
+        "Bd": _w(classes),
     }
     if head == "flatten":
         head_nodes = [helper.make_node("Reshape", ["nhwc", "flat_shape"], ["flat"], name="model/flatten/Reshape")]
@@ -199,15 +200,16 @@ def keras_nhwc(opset: int = 13, head: str = "flatten") -> onnx.ModelProto:
         helper.make_node("Add", ["mm", "Bd"], ["logits"], name="model/dense/BiasAdd"),
         helper.make_node("Softmax", ["logits"], ["dense"], name="model/dense/Softmax", axis=-1),
     ]
-    return make(nodes, [_in("input_1", ["unk__12", 8, 8, 3])], [_in("dense", ["unk__13", 5])], inits, opset, "keras")
+    return make(nodes, [_in("input_1", ["unk__12", 8, 8, 3])], [_in("dense", ["unk__13", classes])], inits, opset,
+                "keras")
 
 
-def fixed_batch_head(opset: int = 12, batch: int = 1) -> onnx.ModelProto:
+def fixed_batch_head(opset: int = 12, batch: int = 1, classes: int = 3) -> onnx.ModelProto:
     """Fixed batch (1 or 10), Reshape to the constant [batch, K], MatMul + Add head, two outputs (logits and Softmax
     probs)."""
     _seed()
     inits = {"W": _w(4, 1, 3, 3), "B": _w(4), "shape": np.array([batch, 4 * 4 * 4], np.int64),
-             "Wm": _w(64, 8, scale=0.2), "Bm": _w(8), "Wg": _w(3, 8), "Bg": _w(3)}
+             "Wm": _w(64, 8, scale=0.2), "Bm": _w(8), "Wg": _w(classes, 8), "Bg": _w(classes)}
     nodes = [
         helper.make_node("Conv", ["image", "W", "B"], ["c"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"], name="relu0"),
@@ -219,11 +221,11 @@ def fixed_batch_head(opset: int = 12, batch: int = 1) -> onnx.ModelProto:
         helper.make_node("Gemm", ["hr", "Wg", "Bg"], ["logits"], name="fc2", transB=1),
         helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=1),
     ]
-    return make(nodes, [_in("image", [batch, 1, 8, 8])], [_in("logits", [batch, 3]), _in("probs", [batch, 3])],
+    return make(nodes, [_in("image", [batch, 1, 8, 8])], [_in("logits", [batch, classes]), _in("probs", [batch, classes])],
                 inits, opset, "fixed")
 
 
-def chainer_style(opset: int = 11) -> onnx.ModelProto:
+def chainer_style(opset: int = 11, classes: int = 3) -> onnx.ModelProto:
     """Chainer/CNTK style: Sub/Div input normalisation, Conv without bias + Add bias, BatchNormalization, Pad before
     a VALID conv, AveragePool with pads (count_include_pad=0), Flatten, Gemm transB=1 with alpha/beta, Dropout."""
     _seed()
@@ -233,7 +235,8 @@ def chainer_style(opset: int = 11) -> onnx.ModelProto:
         "W1": _w(4, 3, 3, 3), "b1": _w(1, 4, 1, 1), "scale": _w(4) + 1, "shift": _w(4),
         "rmean": _w(4, scale=0.1), "rvar": np.abs(_w(4)) + 0.5,
         "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
-        "W2": _w(6, 4, 3, 3), "B2": _w(6), "Wf": _w(7, 6 * 4 * 4, scale=0.1), "Bf": _w(7), "Wo": _w(7, 3), "Bo": _w(3),
+        "W2": _w(6, 4, 3, 3), "B2": _w(6), "Wf": _w(7, 6 * 4 * 4, scale=0.1), "Bf": _w(7), "Wo": _w(7, classes),
+        "Bo": _w(classes),
     }
     nodes = [
         helper.make_node("Sub", ["x", "mean"], ["xs"], name="Sub_0"),
@@ -257,7 +260,7 @@ def chainer_style(opset: int = 11) -> onnx.ModelProto:
         helper.make_node("Relu", ["drop"], ["r3"], name="ReLU_2"),
         helper.make_node("Gemm", ["r3", "Wo", "Bo"], ["out"], name="LinearFunction_1"),
     ]
-    return make(nodes, [_in("x", ["N", 3, 8, 8])], [_in("out", ["N", 3])], inits, opset, "chainer")
+    return make(nodes, [_in("x", ["N", 3, 8, 8])], [_in("out", ["N", classes])], inits, opset, "chainer")
 
 
 def mobilenet_style(opset: int = 11) -> onnx.ModelProto:

@@ -280,11 +280,10 @@ def test_an_interrupted_schedule_keeps_its_finished_points(tmp_path, monkeypatch
     assert resumed["points"][0] == m["points"][0] and 6e4 not in calls
     assert calls == [resumed["points"][1]["target"]] and any(n.startswith("resumed") for n in resumed["notes"])
     assert resumed["ann_fingerprint"] == m["ann_fingerprint"]
-    # another configuration in the same folder (here the QAT learning rate): no point is taken over
+    # another configuration in the same folder (here the QAT learning rate) is refused, the run left as it was
     calls.clear()
-    assert main([*args, "--lr", "3e-4"]) == 0
-    again = json.loads((out / "metrics.json").read_text())
-    assert 6e4 in calls and not any(n.startswith("resumed") for n in again["notes"])
+    assert main([*args, "--lr", "3e-4"]) == 2
+    assert json.loads((out / "metrics.json").read_text()) == resumed and not calls
 
 
 @pytest.mark.parametrize("flag, expected", [([], "prefix"), (["--event-augment", "prefix+shift"], "prefix+shift"),

@@ -27,10 +27,10 @@ def _resnet20(path):
 
 
 STYLES = {  # name: (builder, NHWC input, channels, output name)
-    "keras_nhwc_transpose_softmax": (lambda p: onnx.save(om.keras_nhwc(13), p), True, 3, None),
-    "fixed_batch1_matmul_add_two_outputs": (lambda p: onnx.save(om.fixed_batch_head(12, batch=1), p), False, 1,
-                                            "logits"),
-    "chainer_sub_div_pad_bn": (lambda p: onnx.save(om.chainer_style(11), p), False, 3, None),
+    "keras_nhwc_transpose_softmax": (lambda p: onnx.save(om.keras_nhwc(13, classes=10), p), True, 3, None),
+    "fixed_batch1_matmul_add_two_outputs": (lambda p: onnx.save(om.fixed_batch_head(12, batch=1, classes=10), p),
+                                            False, 1, "logits"),
+    "chainer_sub_div_pad_bn": (lambda p: onnx.save(om.chainer_style(11, classes=10), p), False, 3, None),
     "torch_legacy_resnet20": (_resnet20, False, 3, None),
 }
 

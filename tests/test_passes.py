@@ -16,6 +16,7 @@ import torchvision
 from synopt import energy, zoo
 from synopt.energy import AccountingError, ActivityRecorder
 from synopt.graph.passes import (
+    BoundedReLUReplacedWarning,
     GraphPassError,
     InputConvention,
     MaxPoolReplacedWarning,
@@ -26,6 +27,7 @@ from synopt.graph.passes import (
     one_module_per_call_site,
     prepare,
     remove_softmax_head,
+    replace_bounded_relu,
     replace_maxpool,
     to_graph,
 )
@@ -363,6 +365,67 @@ def test_replace_maxpool_functional_and_keep():
         kept = replace_maxpool(model, keep=True)
     assert_equivalent(model, kept, sample((3, 9, 9)), tol=0)
     assert sum("kept max pooling" in n for n in notes_of(kept)) == 3
+
+
+class BoundedReLUs(nn.Module):
+    """Every spelling of a bounded ReLU: ReLU6 and Hardtanh(0, t) modules (one shared), F.relu6, F.hardtanh,
+    clamp(0, t) as a function and an in-place method: 7 call sites."""
+
+    def __init__(self, relu_like=None):
+        super().__init__()
+        make = relu_like or (lambda hi: nn.ReLU6(inplace=True) if hi == 6 else nn.Hardtanh(0.0, hi))
+        self.relu_like = relu_like
+        self.c1, self.c2, self.fc = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3), nn.Linear(64, 10)
+        self.a, self.h = make(6), make(3)
+
+    def forward(self, x):
+        x = self.a(self.c1(x))
+        x = self.h(self.c2(x))
+        x = self.a(x)  # the shared module's second call
+        if self.relu_like is None:
+            x = F.relu6(torch.clamp(F.hardtanh(x, 0.0, 2.0), 0, 4)).clamp_(0.0, 5.0)
+        else:
+            x = torch.relu(x)
+        return self.fc(x.flatten(1))
+
+
+def test_replace_bounded_relu_gives_the_relu_network():
+    """IF neurons have no ceiling, so every bounded ReLU becomes a ReLU: the result equals the same weights with
+    plain ReLUs written by hand, on inputs far above the bounds (where the original differs), and has one ReLU
+    module per call site: 7 (the shared module is split by one_module_per_call_site)."""
+    model = BoundedReLUs()
+    twin = BoundedReLUs(relu_like=lambda hi: nn.ReLU())
+    twin.load_state_dict(model.state_dict())
+    x = sample((1, 8, 8)) * 50
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gm, notes = prepare(model)
+    named = [str(w.message) for w in caught if issubclass(w.category, BoundedReLUReplacedWarning)]
+    assert len(named) == 6 and sum("[0, 6] at module 'a'" in m for m in named) == 1  # one per module replaced
+    assert any("[0, 3] at module 'h'" in m for m in named) and any("[0, 2] at node 'hardtanh'" in m for m in named)
+    assert_equivalent(twin, gm, x, tol=1e-5)
+    assert not torch.allclose(model(x), twin(x))  # the bounds did clip these inputs
+    assert not any(isinstance(m, nn.Hardtanh) for m in gm.modules())
+    assert len(energy.analyze(gm, (1, 8, 8)).layers) == len(relu_call_sites(gm)) == 7
+    assert sum(n.startswith("replace_bounded_relu:") for n in notes) == 6
+
+    kept, _ = prepare(model, bounded_relu="keep")  # the model's own function, e.g. to measure it
+    assert_equivalent(model, kept, x, tol=1e-5)
+
+
+def test_replace_bounded_relu_refuses_a_negative_floor():
+    class Tanhish(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = nn.Linear(4, 4), nn.Hardtanh(-1.0, 1.0)
+
+        def forward(self, x):
+            return self.act(self.fc(x))
+
+    with pytest.raises(GraphPassError, match=r"'act'.*clipped to \[-1, 1\] is not ReLU-like"):
+        replace_bounded_relu(Tanhish())
+    with pytest.raises(ValueError, match="bounded_relu must be 'relu' or 'keep'"):
+        prepare(Tanhish(), bounded_relu="clip")
 
 
 # --------------------------------------------------------------------------------------------------------------------

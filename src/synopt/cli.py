@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -39,6 +40,13 @@ def parse_floats(count: int | None = None) -> Callable[[str], tuple[float, ...]]
             raise argparse.ArgumentTypeError(f"{text!r} must have {count} comma-separated numbers")
         return values
     return parse
+
+
+def _check_out(out: str) -> None:
+    """--out must be a new or empty folder, or a synopt run folder (resumed if its configuration matches)."""
+    from synopt.runs import check_out_folder
+
+    check_out_folder(out)
 
 
 # ---- count ------------------------------------------------------------------------------------------------------------
@@ -125,6 +133,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from synopt.finetune.ann import train_ann
 
+    _check_out(args.out)
     result = train_ann(model=args.model, dataset=args.dataset, data_root=args.data_root, out=args.out,
                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                        seed=args.seed, progress=not args.quiet)
@@ -140,9 +149,16 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from synopt.convert.source import ModelSource
 
     if args.onnx:
+        if Path(args.onnx).is_dir():
+            raise UserError(f"--onnx {args.onnx} is a folder; give the .onnx file")
         if not Path(args.onnx).is_file():
             raise UserError(f"ONNX file {args.onnx} does not exist")
-        source = ModelSource("onnx", onnx=args.onnx, onnx_output=args.onnx_output)
+        if args.checkpoint:
+            raise UserError("--checkpoint is for --model/--torchvision; an ONNX file carries its own weights")
+        if args.num_classes:
+            raise UserError("--num-classes is for --torchvision; an ONNX model's classes are in the file")
+        overrides = {"input_shape": list(args.input)} if args.input else {}
+        source = ModelSource("onnx", onnx=args.onnx, onnx_output=args.onnx_output, overrides=overrides)
     elif args.torchvision:
         overrides = {"input_shape": list(args.input)} if args.input else {}
         if args.num_classes:
@@ -151,8 +167,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     else:
         overrides = {"in_channels": args.input[0], "input_size": list(args.input[1:])} if args.input else {}
         source = ModelSource("zoo", name=args.model, checkpoint=args.checkpoint, overrides=overrides)
+    _check_out(args.out)
     convention = {}
     if args.input_range:
+        lo, hi = args.input_range
+        if not lo < hi:
+            raise UserError(f"--input-range {lo:g},{hi:g}: give LO,HI with LO < HI, e.g. 0,255")
         convention["input_range"] = args.input_range
     if args.mean:
         convention["mean"] = args.mean
@@ -190,7 +210,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from synopt.simulate.reload import simulate_run
 
-    result = simulate_run(args.snn, timesteps=args.timesteps, data_root=args.data_root, samples=args.samples,
+    if args.json and Path(args.json).is_dir():
+        raise UserError(f"--json {args.json} is a folder; give a file name, e.g. {Path(args.json) / 'sim.json'}")
+    snn = Path(args.snn)
+    if not (snn / "spec.json").exists() and (snn / "snn" / "spec.json").exists():
+        snn = snn / "snn"  # the run folder itself
+    result = simulate_run(snn, timesteps=args.timesteps, data_root=args.data_root, samples=args.samples,
                           encoding=args.encoding, bias_timing=args.bias_timing, progress=not args.quiet)
     print(f"accuracy after {result.timesteps} steps: {100 * result.accuracy:.2f}% on {result.samples} samples; "
           f"SynOps/inference {result.synops:,.0f} (+{result.input_synops:,.0f} from input events)")
@@ -249,6 +274,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise UserError(f"--init-rate must be in (0, 1), got {args.init_rate}")
     from synopt.finetune.direct import train_direct
 
+    _check_out(args.out)
     result = train_direct(args.model, args.dataset, out=args.out, data_root=args.data_root,
                           surrogate=args.surrogate, penalty=args.penalty, p=args.p, lambda_norm=args.lambda_norm,
                           schedule=args.schedule, weight_decay=args.weight_decay, bn_decay=args.bn_decay,
@@ -374,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--train-epochs", type=int, default=0,
                     help="train the zoo model from scratch for this many epochs first (no checkpoint needed)")
     cv.add_argument("--onnx-output", help="graph output to use when the ONNX model has several (name or index)")
-    cv.add_argument("--input", type=parse_shape, help="model input CxHxW (default: the zoo model's own)")
+    cv.add_argument("--input", type=parse_shape, help="model input CxHxW (default: the zoo model's own, or the "
+                                                       "ONNX file's; needed when the file leaves H and W open)")
     cv.add_argument("--num-classes", type=int, help="classes of a --torchvision model")
     cv.add_argument("--input-range", type=parse_floats(2), metavar="LO,HI",
                     help="the value range the model expects, e.g. 0,255 or -1,1 (synopt feeds 0..1; folded in)")
@@ -490,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("simulate", help="simulate a converted network from a run folder",
                         description="Reload RUN_DIR/snn and simulate it for T steps in sinabs.")
-    sm.add_argument("snn", help="the snn folder of a convert run (RUN_DIR/snn)")
+    sm.add_argument("snn", help="the snn folder of a convert run (RUN_DIR/snn, or RUN_DIR)")
     sm.add_argument("--timesteps", "-T", type=int, default=10)
     sm.add_argument("--data-root", help="data root (default: the one the run used)")
     sm.add_argument("--samples", type=int, help="test samples (default: all)")
@@ -530,6 +557,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub = {"zoo": "zoo list", "data": "data list"}.get(args.command or "", None)
         parser.print_help() if sub is None else print(f"usage: synopt {sub}")
         return 2 if args.command else 0
+    shown = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -540,6 +569,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"synopt: error: {exc}", file=sys.stderr)
             return 2
         raise
+    finally:
+        warnings.formatwarning = shown
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: one line each, without the source line that raised them."""
+    return f"synopt: warning: {message}\n"
 
 
 def _is_user_error(exc: Exception) -> bool:

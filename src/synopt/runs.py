@@ -20,6 +20,8 @@ import synopt
 def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     """Write ``path`` through a temporary file in the same folder and rename it: never half a file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -85,32 +87,39 @@ def environment() -> dict:
 
 
 class RunDir:
-    """A run folder: ``config.json`` (re-runnable), ``metrics.json``, ``checkpoints/``, tables and plots."""
+    """A run folder: ``config.json`` (re-runnable), ``metrics.json``, ``checkpoints/``, tables and plots.
 
-    def __init__(self, path: str | Path, config: dict, resume: bool = False):
+    A folder that already holds a run is resumed only when its recorded configuration equals ``config`` (the keys in
+    ``ignore`` aside); otherwise it is refused with the differing keys named, so a run never continues from another
+    run's checkpoints.
+    """
+
+    def __init__(self, path: str | Path, config: dict, ignore: tuple[str, ...] = ()):
         self.path = Path(path)
         self.config = _normalise(config)
+        self.ignore = tuple(ignore)
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path} is a file, not a run folder; choose a new --out")
         existing = self.path / "config.json"
-        self._previous_config = None  # the configuration of the run this one resumes (resume=True)
-        if existing.exists() and not resume:
-            old = json.loads(existing.read_text())
-            if not _same_config(old.get("config"), self.config):
-                raise FileExistsError(
-                    f"{self.path} already holds a run with another configuration; choose a new --out "
-                    "or delete the folder")
-        elif existing.exists():
+        self._previous_config = None  # the configuration of the run this one resumes
+        if existing.exists():
             try:
-                self._previous_config = json.loads(existing.read_text()).get("config")
+                old = json.loads(existing.read_text()).get("config")
             except (OSError, ValueError, AttributeError):
-                pass
+                old = None
+            if not _same_config(old, self.config, self.ignore):
+                raise FileExistsError(
+                    f"{self.path} already holds a run with another configuration ({_differences(old, self.config)});"
+                    " choose a new --out, or delete the folder to start over")
+            self._previous_config = old
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "checkpoints").mkdir(exist_ok=True)
         write_json(existing, {"config": self.config, "environment": environment()})
 
-    def previous_metrics(self, ignore: tuple[str, ...] = ()) -> dict | None:
-        """``metrics.json`` left by the run this one resumes if it was made with the same configuration (the keys
-        in ``ignore`` aside), else None; read it before this run writes its own."""
-        if not _same_config(self._previous_config, self.config, ignore):
+    def previous_metrics(self) -> dict | None:
+        """``metrics.json`` left by the run this one resumes (same configuration, ``ignore`` aside), else None; read
+        it before this run writes its own."""
+        if self._previous_config is None:
             return None
         try:
             return json.loads((self.path / "metrics.json").read_text())
@@ -124,11 +133,50 @@ class RunDir:
         return write_json(self.path / "metrics.json", metrics)
 
 
+def check_out_folder(path: str | Path) -> None:
+    """Refuse an ``--out`` that is a file, or a non-empty folder that is not a synopt run folder (no config.json):
+    a run never writes its files between someone else's."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file, not a folder; choose a new --out")
+    if path.is_dir() and not (path / "config.json").exists():
+        others = sorted(p.name for p in path.iterdir())
+        if others:
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise FileExistsError(f"--out {path} is not empty ({shown}) and holds no synopt run; choose a new or "
+                                  "empty folder")
+
+
+def _differences(old: Any, new: dict, limit: int = 3) -> str:
+    """The keys where a recorded configuration differs from ``new``, for messages."""
+    if not isinstance(old, dict):
+        return "its config.json is unreadable"
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    shown = []
+    for k in keys[:limit]:
+        a, b = old.get(k), new.get(k)
+        short = all(len(json.dumps(v, default=str)) <= 40 for v in (a, b))
+        shown.append(f"{k}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}" if short else k)
+    return "differs in " + "; ".join(shown) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 def _same_config(old: Any, new: dict, ignore: tuple[str, ...] = ()) -> bool:
-    """Whether a recorded configuration equals the normalised ``new`` one, the keys in ``ignore`` aside."""
+    """Whether a recorded configuration equals the normalised ``new`` one, the keys in ``ignore`` aside (a dotted
+    key such as ``train.epochs`` names a key of a nested dict)."""
     if not isinstance(old, dict):
         return False
-    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
+    return _without(old, ignore) == _without(new, ignore)
+
+
+def _without(config: dict, ignore: tuple[str, ...]) -> dict:
+    out = dict(config)
+    for key in ignore:
+        head, _, rest = key.partition(".")
+        if rest and isinstance(out.get(head), dict):
+            out[head] = _without(out[head], (rest,))
+        elif not rest:
+            out.pop(head, None)
+    return out
 
 
 def _normalise(config: dict) -> dict:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -131,6 +133,17 @@ def _prepare(model, cfg: ConvertConfig, notes):
     return prepared
 
 
+def _imported_accuracy(model, cfg: ConvertConfig, notes: list[str], test: Dataset) -> float | None:
+    """Test accuracy of the model as given (input convention and BN folded, nothing replaced) when preparation replaced
+    max pooling or a bounded ReLU (changing what the network computes); None when it did not."""
+    if not any(n.startswith(("replace_maxpool: max pooling", "replace_bounded_relu:")) for n in notes):
+        return None
+    from synopt.graph import prepare
+
+    faithful, _ = prepare(model, **{**prepare_options(cfg), "maxpool": "keep", "bounded_relu": "keep"})
+    return evaluate(faithful.eval(), test)
+
+
 _FRAMING_KEYS = ("n_time_bins", "event_count", "time_window", "remainder")
 
 
@@ -201,6 +214,25 @@ def _point(label: str, sim: SimResult, **extra) -> dict:
             "silent_layers": sim.silent_layers, "silent_output_fraction": sim.silent_output_fraction, **extra}
 
 
+BUDGET_TOLERANCE = 0.10  # a calibrated point whose SNN misses its target by more than this gets a notice
+CALIBRATION_RANGE = 8.0  # calibrate() searches the first-layer scale c in [1/8, 8]
+
+
+def budget_miss(synops: float, target: float, c: float) -> str | None:
+    """Why a calibrated point's simulated SynOps miss ``target`` by more than ``BUDGET_TOLERANCE``; None if they
+    do not."""
+    off = synops / target - 1
+    if abs(off) <= BUDGET_TOLERANCE:
+        return None
+    msg = f"the SNN's {synops:,.0f} SynOps are {100 * off:+.0f}% off the target {target:,.0f}"
+    if c <= 1.001 / CALIBRATION_RANGE or c >= CALIBRATION_RANGE / 1.001:
+        return (msg + f"; the calibration hit its limit (first-layer scale c = {c:.3g}): QAT left the network too far "
+                "from the target for first-layer scaling to close the gap; give more --epochs, a "
+                + ("lower --rho or a higher target" if off > 0 else "higher --rho or a lower target"))
+    return msg + "; the simulation departs from the calibrated QReLU estimate (try --bias-timing signed or "  \
+        "--time-aware-qat; docs/conversion.md)"
+
+
 BIAS_GAP = 0.02  # SNN this far below its static QReLU network: suggest another bias timing
 
 
@@ -224,9 +256,9 @@ def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float,
     for rho in sorted(rhos):
         acc, syn, _ = estimate(qrelu_network(ann, rho, bias_timing), account, val, samples, collate_fn=collate_fn)
         trials.append({"rho": rho, "qrelu_val_acc": acc, "qrelu_synops": syn})
-        if acc >= ann_acc - 0.01:
+        if acc >= ann_acc - 0.01 and syn > 0:  # a silent network can match a chance-level ANN; it cannot train
             return rho, trials
-    return max(trials, key=lambda t: t["qrelu_val_acc"])["rho"], trials
+    return max(trials, key=lambda t: (t["qrelu_val_acc"], t["qrelu_synops"]))["rho"], trials
 
 
 @torch.no_grad()
@@ -251,7 +283,7 @@ def calibrate(qnet: QReLUNetwork, account, val: Dataset, target: float, samples:
         return math.log(syn / target) if syn > 0 else -math.inf
 
     best = (qnet, 1.0, synops_at(1.0)[1])
-    lo, hi = math.log(1 / 8), math.log(8)
+    lo, hi = -math.log(CALIBRATION_RANGE), math.log(CALIBRATION_RANGE)
     x, f = 0.0, miss(best[2])
     prev = None  # the previous (log c, miss) for the secant
     for _ in range(14):
@@ -271,11 +303,13 @@ def calibrate(qnet: QReLUNetwork, account, val: Dataset, target: float, samples:
     return best
 
 
-def run_conversion(cfg: ConvertConfig) -> dict:
-    """Run the conversion route; write the run folder ``cfg.out``; return the metrics."""
+def _validate(cfg: ConvertConfig) -> None:
+    """Every option check that needs neither model nor data: one message naming the option, before any work."""
     if cfg.method not in ("qrelu", "scale", "rho"):
         raise ValueError(f"unknown method {cfg.method!r}; choose qrelu, scale or rho")
-    if cfg.method == "qrelu" and (cfg.target_synops is None) == (cfg.target_fraction is None):
+    if cfg.method == "qrelu" and cfg.target_synops is not None and cfg.target_fraction is not None:
+        raise ValueError("give only one of --target-synops and --target-fraction")
+    if cfg.method == "qrelu" and cfg.target_synops is None and cfg.target_fraction is None:
         raise ValueError("--method qrelu needs one of --target-synops (e.g. 1e6) or --target-fraction (e.g. 0.5: half "
                          "the SynOps of the QReLU network at the chosen rho, step 3a of 003_* section 2.4.2)")
     if cfg.target_fraction is not None and not 0 < cfg.target_fraction <= 1:
@@ -295,11 +329,63 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         raise ValueError(f"--recalibrate-bn is a number of training images (>= 2; 0: off), got {cfg.recalibrate_bn}")
     if cfg.halve_from not in ("target", "achieved"):
         raise ValueError(f"--halve-from must be target or achieved, got {cfg.halve_from!r}")
-    if cfg.timesteps < 1 or any(int(t) < 1 for t in cfg.extra_timesteps):
-        raise ValueError(f"time steps must be >= 1, got {cfg.timesteps} and extra {cfg.extra_timesteps}")
+    if cfg.timesteps < 1:
+        raise ValueError(f"--timesteps must be >= 1, got {cfg.timesteps}")
+    if any(int(t) < 1 for t in cfg.extra_timesteps):
+        raise ValueError(f"extra time steps must be >= 1, got {cfg.extra_timesteps}")
+    checks = [("--epochs", cfg.epochs, cfg.epochs >= 0, ">= 0 (0: no fine-tuning)"),
+              ("--lr", cfg.lr, cfg.lr > 0, "positive"),
+              ("--weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, ">= 0"),
+              ("--batch-size", cfg.batch_size, cfg.batch_size >= 1, ">= 1"),
+              ("--schedule", cfg.schedule_points, cfg.schedule_points >= 1, ">= 1"),
+              ("--rho", cfg.rho, cfg.rho is None or cfg.rho > 0, "positive"),
+              ("the rho grid", cfg.rhos, bool(cfg.rhos) and min(cfg.rhos) > 0, "non-empty and positive"),
+              ("--samples", cfg.eval_samples, cfg.eval_samples is None or cfg.eval_samples >= 1, ">= 1"),
+              ("estimate_samples", cfg.estimate_samples, cfg.estimate_samples >= 1, ">= 1"),
+              ("--percentile", cfg.percentile, 0 < cfg.percentile <= 100, "in (0, 100]"),
+              ("--train-epochs", cfg.train_epochs, cfg.train_epochs >= 0, ">= 0"),
+              ("train_lr", cfg.train_lr, cfg.train_lr > 0, "positive"),
+              ("train_samples", cfg.train_samples, cfg.train_samples is None or cfg.train_samples >= 1, ">= 1"),
+              ("calibration_tolerance", cfg.calibration_tolerance, cfg.calibration_tolerance > 0, "positive")]
+    for name, value, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"{name} must be {rule}, got {value}")
+
+
+@torch.no_grad()
+def _check_output(model: torch.nn.Module, shape: tuple[int, ...], num_classes: int, dataset: str) -> None:
+    """The model must map a batch of inputs to [batch, classes] scores for the dataset's classes."""
+    was_training = model.training
+    model.eval()
+    try:
+        y = model(torch.zeros(2, *shape))
+    finally:
+        model.train(was_training)
+    if not isinstance(y, torch.Tensor) or y.dim() != 2:
+        got = tuple(y.shape[1:]) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"the model's output is {got} per sample, not a vector of class scores; pick the logits "
+                         "output (--onnx-output NAME or INDEX for an ONNX model)")
+    if y.shape[1] != num_classes:
+        raise ValueError(f"the model has {y.shape[1]} class outputs but dataset {dataset!r} has {num_classes} classes;"
+                         " choose the dataset the model was trained for (or its logits output, --onnx-output)")
+
+
+def _has_progress(out: Path) -> bool:
+    """Whether a run folder holds anything worth resuming (a checkpoint, a finished point or metrics)."""
+    return (out / "metrics.json").exists() or any(out.glob("checkpoints/**/*.pt")) or any(out.glob("points/*.pt"))
+
+
+def run_conversion(cfg: ConvertConfig) -> dict:
+    """Run the conversion route; write the run folder ``cfg.out``; return the metrics.
+
+    Every check runs before the folder is written. A folder holding a run with the same configuration and model
+    resumes it; one holding another run is refused. A run that fails before its first checkpoint removes the folder
+    it created (nothing half-written is left behind); a later failure keeps it for resuming.
+    """
+    _validate(cfg)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    model, model_shape, notes = load_model(cfg.source)  # every check before the run folder is written
+    model, model_shape, notes = load_model(cfg.source)
     splits, sim_splits, train_images = _splits(cfg)
     temporal = _use_temporal_qat(cfg, splits.is_event)
     for flag, value in (("--time-aware-epochs", cfg.temporal_epochs), ("--time-aware-samples", cfg.temporal_samples)):
@@ -315,10 +401,28 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     if expected != tuple(splits.input_shape):
         raise ValueError(f"the model expects input {tuple(model_shape)} but dataset {cfg.dataset!r} gives "
                          f"{tuple(splits.input_shape)}; choose a matching dataset or fold the input convention")
+    _check_output(model, tuple(model_shape), splits.num_classes, cfg.dataset)
+    with warnings.catch_warnings():  # a trial run of the passes: their errors (e.g. the input convention) come now
+        warnings.simplefilter("ignore")
+        _prepare(model, cfg, [])
+    created = not out.exists()
+    try:
+        return _convert(cfg, out, model, notes, splits, sim_splits, train_images, temporal)
+    except BaseException:
+        if created and not _has_progress(out):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _convert(cfg: ConvertConfig, out: Path, model: torch.nn.Module, notes: list[str], splits, sim_splits,
+             train_images: Dataset, temporal: bool) -> dict:
+    """The body of :func:`run_conversion` once every check has passed."""
+    fingerprint = state_fingerprint(model)  # the run resumes only from the same model (and configuration)
     source = keep_copy(cfg.source, out / "source")
     cfg = dataclasses.replace(cfg, source=source)
-    run = RunDir(out, {"command": "convert", **asdict(cfg)}, resume=True)
-    previous = run.previous_metrics(ignore=("schedule_points", "progress"))
+    run = RunDir(out, {"command": "convert", **asdict(cfg), "model_fingerprint": fingerprint},
+                 ignore=("schedule_points", "progress"))
+    previous = run.previous_metrics()
     shape = tuple(splits.input_shape)
     if cfg.train_epochs > 0:
         ann_cfg = TrainConfig(epochs=cfg.train_epochs, batch_size=cfg.batch_size, lr=cfg.train_lr, seed=cfg.seed,
@@ -333,6 +437,12 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     ann.eval()
     account = energy.analyze(ann, shape)
     ann_acc = evaluate(ann, splits.test)
+    imported_acc = _imported_accuracy(model, cfg, notes, splits.test)
+    if imported_acc is not None and abs(imported_acc - ann_acc) > 0.005:
+        notes.append(f"preparation changed the ANN's test accuracy from {100 * imported_acc:.2f}% (the model as "
+                     f"given) to {100 * ann_acc:.2f}% (max pooling -> average pooling, bounded ReLUs -> ReLU: what "
+                     "IF neurons compute); the conversion starts from the prepared network"
+                     + ("; --keep-maxpool keeps max pooling" if cfg.maxpool == "avg" else ""))
     if recal:
         n_bn, before = recal
         notes.append(f"recalibrate_bn: re-estimated {n_bn} BatchNorm layer(s) on {cfg.recalibrate_bn:,} training "
@@ -379,10 +489,21 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         metrics["notes"].extend(scaled.notes)
         final_net = scaled.module
     else:
+        ann_val_acc = evaluate(ann, val)
         rho, trials = (cfg.rho, []) if cfg.rho else choose_rho(ann, account, est_val, cfg.estimate_samples, cfg.rhos,
-                                                               evaluate(ann, val), collate_fn=sim_splits.collate_fn,
+                                                               ann_val_acc, collate_fn=sim_splits.collate_fn,
                                                                bias_timing=cfg.bias_timing)
         metrics["rho"], metrics["rho_trials"] = rho, trials
+        if trials:
+            picked = next(tr for tr in trials if tr["rho"] == rho)
+            grid = ", ".join(f"{r:g}" for r in sorted(cfg.rhos))
+            found = f"{100 * picked['qrelu_val_acc']:.2f}%, {picked['qrelu_synops']:,.0f} SynOps"
+            met = picked["qrelu_val_acc"] >= ann_val_acc - 0.01 and picked["qrelu_synops"] > 0
+            notes.append(f"rho = {rho:g} chosen automatically: " + (
+                f"the smallest of {grid} whose QReLU network comes within 1 point of the ANN on validation data "
+                f"({found}; ANN {100 * ann_val_acc:.2f}%)" if met else
+                f"no rho of {grid} brings the QReLU network within 1 point of the ANN on validation data "
+                f"({100 * ann_val_acc:.2f}%); the most accurate one is used ({found})") + "; --rho sets it")
         qnet = qrelu_network(ann, rho, cfg.bias_timing)
         if qnet.dropout_removed:
             notes.append(f"QAT without the {len(qnet.dropout_removed)} dropout layer(s) before the last activation "
@@ -416,6 +537,10 @@ def run_conversion(cfg: ConvertConfig) -> dict:
         if first is None:  # step 3a of 003_* section 2.4.2: half (a fraction) of the current SynOps
             start = measure(qnet) if measure else estimate(qnet, account, est_val, cfg.estimate_samples,
                                                            collate_fn=sim_splits.collate_fn)[1]
+            if not start > 0:
+                raise ValueError(f"the QReLU network at rho = {rho:g} is silent on the validation data (0 SynOps), so "
+                                 "--target-fraction has nothing to take a fraction of; give a larger --rho or "
+                                 "--target-synops")
             first = cfg.target_fraction * start
             metrics["start_synops"] = start
             notes.append(f"first target {first:,.0f} SynOps = {cfg.target_fraction:g} x {start:,.0f} (the QReLU "
@@ -486,6 +611,11 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             hint = None if splits.is_event else bias_timing_hint(est_acc, res.accuracy, cfg.bias_timing, ann)
             if hint and not any(n.startswith("bias timing:") for n in notes):
                 notes.append(f"bias timing: {label}: {hint}")
+            if cfg.calibrate:
+                miss = budget_miss(res.synops, target, point["calibration_scale"])
+                if miss:
+                    notes.append(f"budget missed: {label}: {miss}")
+                    warnings.warn(f"{label}: {miss}", stacklevel=2)
             metrics["points"].append(_point(label, res, qrelu_accuracy=est_acc, qrelu_synops=est_syn,
                                             at_timesteps=_at_timesteps(qnet_cal.net, "count", sim_splits, cfg, shape),
                                             **point))
@@ -494,6 +624,14 @@ def run_conversion(cfg: ConvertConfig) -> dict:
             qnet = qnet_cal  # the next (halved) target starts from this model
             target = point.get("reached_synops", target) / 2
         final_net = qnet.net
+    for pt in [metrics["baseline"], *metrics["points"]]:
+        if pt["silent_output_fraction"] > 0.5:
+            notes.append(f"silent output: {pt['label']}: the output layer did not spike for "
+                         f"{100 * pt['silent_output_fraction']:.0f}% of the samples (their class comes from the "
+                         "accumulated current); raise T or the activity")
+        if pt["silent_layers"]:
+            notes.append(f"silent layers: {pt['label']}: {', '.join(pt['silent_layers'])} never spiked; the network "
+                         "is under-driven there (raise rho or the SynOp target)")
     snn_dir = out / "snn"
     save_checkpoint(snn_dir / "weights.pt", {"state_dict": final_net.state_dict()})
     write_json(snn_dir / "spec.json", {"source": source.to_dict(), "method": cfg.method, "encoding": encoding,

@@ -22,7 +22,7 @@ class ModelSource:
     onnx: str | None = None  # path of the ONNX file (a copy inside the run folder)
     onnx_output: str | int | None = None
     overrides: dict = field(default_factory=dict)  # zoo: in_channels, input_size, num_classes; torchvision:
-    #                                                 num_classes, input_shape
+    #                                                 num_classes, input_shape; onnx: input_shape
 
     def to_dict(self) -> dict:
         return {k: v for k, v in vars(self).items()}
@@ -61,14 +61,18 @@ def load_model(source: ModelSource) -> tuple[nn.Module, tuple[int, ...], list[st
         try:
             model.load_state_dict(load_checkpoint(source.checkpoint)["state_dict"])
         except RuntimeError as exc:
-            raise ValueError(f"checkpoint {source.checkpoint} does not fit torchvision {source.name!r}: "
-                             f"{str(exc).splitlines()[0]}") from exc
+            sizes = "; ".join(line.strip() for line in str(exc).splitlines()[1:3] if line.strip())
+            hint = " (a different number of classes? give --num-classes)" if "fc" in str(exc) or "classifier" in \
+                str(exc) else ""
+            raise ValueError(f"checkpoint {source.checkpoint} does not fit torchvision {source.name!r}{hint}: "
+                             f"{sizes or str(exc).splitlines()[0]}") from exc
         shape = tuple(source.overrides.get("input_shape", (3, 224, 224)))
         return model, shape, [f"torchvision {source.name}; input {shape}"]
     if source.kind == "onnx":
         from synopt.graph import import_onnx
 
-        imported = import_onnx(source.onnx, output=source.onnx_output)
+        imported = import_onnx(source.onnx, output=source.onnx_output,
+                               input_shape=source.overrides.get("input_shape"))
         notes = list(imported.notes)
         if imported.max_abs_diff is not None:
             notes.append(f"import checked against onnxruntime: max abs difference {imported.max_abs_diff:.2e}")

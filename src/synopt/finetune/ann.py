@@ -52,7 +52,9 @@ def train_ann(model: str = "digitsnet", dataset: str = "digits", data_root: str 
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
                       progress=progress)
     run = RunDir(out, {"command": "train", "model": model, "dataset": dataset, "data_root": data_root,
-                       "train_samples": train_samples, "augment": augment, "train": asdict(cfg)}, resume=True)
+                       "train_samples": train_samples, "augment": augment,
+                       "train": {k: v for k, v in asdict(cfg).items() if k != "progress"}},
+                 ignore=("train.epochs",))  # the same command with more epochs continues training
     history = fit(net, train_set, splits.val, cfg, checkpoint_dir=run.path / "checkpoints", desc=model)
     test_acc = evaluate(net, splits.test)
     account = energy.analyze(net, splits.input_shape)

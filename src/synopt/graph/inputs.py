@@ -237,7 +237,9 @@ def fold_input_normalization(gm: nn.Module, *, mean=None, std=None, input_range:
     notes: list[str] = []
     stated = mean is not None or std is not None or (lo, hi) != (0.0, 1.0) or grayscale_to_rgb
     if stated:
-        notes.append(f"input convention x_model = {_fmt(scale)} * x01 + {_fmt(shift)} (range {(lo, hi)}, mean "
+        offset = _fmt(shift)
+        offset = f"- {offset[1:]}" if offset.startswith("-") else f"+ {offset}"
+        notes.append(f"input convention x_model = {_fmt(scale)} * x01 {offset} (range {(lo, hi)}, mean "
                      f"{mean!r}, std {std!r}{', 1 -> C channels' if grayscale_to_rgb else ''})")
 
     # 1. the model's own constant ops on the input

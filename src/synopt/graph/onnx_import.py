@@ -80,8 +80,9 @@ def import_onnx(source: str | os.PathLike | bytes | onnx.ModelProto, *, output: 
     build_target = target
     if softmax is not None and softmax.op_type in ("Softmax", "LogSoftmax") and softmax.input:
         build_target = softmax.input[0]
-        notes.append(f"dropped {softmax.op_type} {softmax.name!r} at output {target!r}: the module returns the "
-                     f"logits {build_target!r}")
+        named = repr(softmax.name) if softmax.name else "(unnamed)"
+        notes.append(f"dropped {softmax.op_type} {named} at output {target!r}: the module returns the logits "
+                     f"{build_target!r}")
     cone = _cone(graph, producers, build_target)
     _prescan(cone, opset)
     initializers = {t.name: t for t in graph.initializer}
@@ -216,7 +217,7 @@ def _select_output(graph: onnx.GraphProto, output, notes: list[str]) -> str:
     if output is None:
         if len(outs) == 1:
             return outs[0]
-        raise OnnxImportError(f"the model has {len(outs)} outputs {outs}; choose one with output=NAME or INDEX")
+        raise OnnxImportError(f"the model has {len(outs)} outputs {outs}; choose one with output=NAME or INDEX (--onnx-output on the command line)")
     if isinstance(output, (int, np.integer)) and not isinstance(output, bool):
         if not -len(outs) <= int(output) < len(outs):
             raise OnnxImportError(f"output index {output} is out of range; the model's outputs are {outs}")
@@ -224,6 +225,8 @@ def _select_output(graph: onnx.GraphProto, output, notes: list[str]) -> str:
     if isinstance(output, str):
         if output in outs:
             return output
+        if output.lstrip("-").isdigit():  # an index given as text (the command line)
+            return _select_output(graph, int(output), notes)
         produced = {o for n in graph.node for o in n.output}
         if output in produced:
             notes.append(f"the module ends at the intermediate value {output!r} (not a graph output)")
@@ -364,7 +367,7 @@ def _input_shape_unchecked(name, info, nhwc, given, notes) -> tuple[tuple[int, .
     if per is None or not all(isinstance(s, int) for s in per):
         shown = "unknown" if per is None else tuple(s if isinstance(s, int) else (s or "?") for s in per)
         raise OnnxImportError(f"input {name!r} has dynamic dimensions other than the batch (per-sample {shown}); "
-                              "pass input_shape=(C, H, W) to fix them")
+                              "pass input_shape=(C, H, W) to fix them (--input CxHxW on the command line)")
     return tuple(per), fixed
 
 

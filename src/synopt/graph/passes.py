@@ -8,8 +8,8 @@ Every result passes ``gm.graph.lint()``, is recompiled, and can be counted by :f
 
 :func:`prepare` runs them in order::
 
-    to_graph -> one_module_per_call_site -> remove_softmax_head -> fold_input_normalization -> fold_batchnorm
-             -> replace_maxpool -> bias_policy
+    to_graph -> replace_bounded_relu -> one_module_per_call_site -> remove_softmax_head -> fold_input_normalization
+             -> fold_batchnorm -> replace_maxpool -> bias_policy
 
 See docs/passes.md for what each pass does, when it is exact and the choices made.
 """
@@ -35,9 +35,11 @@ from .inputs import InputConvention, fold_input_normalization
 __all__ = [
     "GraphPassError",
     "MaxPoolReplacedWarning",
+    "BoundedReLUReplacedWarning",
     "InputConvention",
     "to_graph",
     "notes_of",
+    "replace_bounded_relu",
     "one_module_per_call_site",
     "fold_batchnorm",
     "replace_maxpool",
@@ -51,6 +53,90 @@ __all__ = [
 
 class MaxPoolReplacedWarning(UserWarning):
     """Max pooling was replaced by average pooling (the model's output changes; fine-tune afterwards)."""
+
+
+class BoundedReLUReplacedWarning(UserWarning):
+    """A bounded ReLU (ReLU6, Hardtanh(0, t), clamp(0, t)) became a ReLU (the output changes; fine-tune afterwards)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# 0. bounded ReLUs (ReLU6, Hardtanh(0, t), clamp(0, t)) -> ReLU
+# --------------------------------------------------------------------------------------------------------------------
+
+_HARDTANH_FUNCS = {F.hardtanh, F.relu6}
+_CLAMP_FUNCS = {torch.clamp, torch.clip}
+
+
+def _bounds(node: fx.Node, gm: fx.GraphModule) -> tuple[Any, Any, bool] | None:
+    """(low, high, inplace) of a bounded-ReLU-shaped node (ReLU6/Hardtanh module, F.relu6, F.hardtanh, clamp with
+    both bounds), else None."""
+    if node.op == "call_module":
+        mod = gm.get_submodule(node.target)
+        if isinstance(mod, nn.Hardtanh):  # nn.ReLU6 is a Hardtanh(0, 6)
+            return mod.min_val, mod.max_val, bool(mod.inplace)
+        return None
+    if node.op == "call_function" and node.target in _HARDTANH_FUNCS:
+        if node.target is F.relu6:
+            return 0.0, 6.0, bool(dict(zip(("input", "inplace"), node.args)).get("inplace",
+                                                                                 node.kwargs.get("inplace", False)))
+        bound = dict(zip(("input", "min_val", "max_val", "inplace"), node.args))
+        bound.update(node.kwargs)
+        return bound.get("min_val", -1.0), bound.get("max_val", 1.0), bool(bound.get("inplace", False))
+    clamp = (node.op == "call_function" and node.target in _CLAMP_FUNCS) or (
+        node.op == "call_method" and node.target in ("clamp", "clip", "clamp_", "clip_"))
+    if not clamp:
+        return None
+    args = list(node.args[1:])
+    lo = args[0] if args else node.kwargs.get("min")
+    hi = args[1] if len(args) > 1 else node.kwargs.get("max")
+    if hi is None:
+        return None  # clamp(min=0) alone is a ReLU (one_module_per_call_site)
+    return lo, hi, node.op == "call_method" and node.target.endswith("_")
+
+
+def replace_bounded_relu(gm: nn.Module) -> fx.GraphModule:
+    """Replace every bounded ReLU -- ``nn.ReLU6``, ``nn.Hardtanh(0, t)``, ``F.relu6``, ``F.hardtanh(x, 0, t)``,
+    ``clamp(x, 0, t)`` (the importer's ``Clip(0, t)``) -- by a plain ReLU.
+
+    An integrate-and-fire neuron has no ceiling on its spike count: the SNN computes ReLU at these sites whatever the
+    ANN did. Replacing the bound here makes QAT, the SynOp estimates and calibration see the function the SNN runs.
+    The output changes wherever an activation exceeded its bound (fine-tune afterwards); each replacement is named in
+    a :class:`BoundedReLUReplacedWarning` and a note. Module names are kept. A lower bound other than 0 (e.g.
+    ``Hardtanh(-1, 1)``) is not ReLU-like and raises :class:`GraphPassError`.
+    """
+    gm = start(gm)
+    graph = gm.graph
+    notes: list[str] = []
+    replaced: set[str] = set()
+    for node in list(graph.nodes):
+        found = _bounds(node, gm)
+        if found is None:
+            continue
+        lo, hi, inplace = found
+        if not (isinstance(lo, (int, float)) and isinstance(hi, (int, float))):
+            raise GraphPassError("replace_bounded_relu", node, "clamp bounds that are tensors, not numbers")
+        if lo != 0:
+            raise GraphPassError("replace_bounded_relu", node,
+                                 f"an activation clipped to [{lo:g}, {hi:g}] is not ReLU-like (spiking neurons need "
+                                 "a lower bound of 0); use ReLU or ReLU6 in the model")
+        if node.op == "call_module":
+            if node.target not in replaced:
+                parent, _, leaf = node.target.rpartition(".")
+                setattr(gm.get_submodule(parent) if parent else gm, leaf, nn.ReLU(inplace=inplace))
+                replaced.add(node.target)
+            what = f"module {node.target!r}"
+        else:
+            with graph.inserting_before(node):
+                new = graph.call_function(F.relu, (_first_arg(node),), {"inplace": inplace})
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            graph.erase_node(node)
+            what = f"node {node.name!r}"
+        msg = (f"activation clipped to [0, {hi:g}] at {what} replaced by ReLU (IF neurons have no upper bound); the "
+               "model's output changes where activations exceeded the bound, fine-tune before converting")
+        warnings.warn(f"replace_bounded_relu: {msg}", BoundedReLUReplacedWarning, stacklevel=2)
+        notes.append(msg)
+    return finish(gm, "replace_bounded_relu", notes)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -381,16 +467,17 @@ def bias_policy(gm: nn.Module, mode: str = "keep") -> fx.GraphModule:
 
 
 def prepare(model: nn.Module, *, fold_bn: bool = True, maxpool: str = "avg", softmax: str = "remove",
-            bias: str = "keep", input_convention: InputConvention | Mapping[str, Any] | None = None
-            ) -> tuple[fx.GraphModule, list[str]]:
+            bias: str = "keep", input_convention: InputConvention | Mapping[str, Any] | None = None,
+            bounded_relu: str = "relu") -> tuple[fx.GraphModule, list[str]]:
     """Run the preparation passes in order and return ``(graph_module, notes)``.
 
-    ``to_graph -> one_module_per_call_site -> remove_softmax_head -> fold_input_normalization -> fold_batchnorm ->
-    replace_maxpool -> bias_policy``.  ``input_convention`` (an :class:`InputConvention` or a dict of
+    ``to_graph -> replace_bounded_relu -> one_module_per_call_site -> remove_softmax_head -> fold_input_normalization
+    -> fold_batchnorm -> replace_maxpool -> bias_policy``.  ``input_convention`` (an :class:`InputConvention` or a dict of
     :func:`fold_input_normalization` keywords) is folded into the first layer(s); with ``None`` only the model's own
     constant ``x - c`` / ``x / c`` / ``x * c`` ops on the input are folded, when there are any and they can be
     (otherwise they stay, with a note).  ``maxpool``: ``'avg'`` or ``'keep'``; ``softmax``: ``'remove'`` or
-    ``'keep'``; ``bias``: ``'keep'`` or ``'remove'``.
+    ``'keep'``; ``bias``: ``'keep'`` or ``'remove'``; ``bounded_relu``: ``'relu'`` (ReLU6 & co. become ReLU, what an
+    IF neuron computes) or ``'keep'`` (the model's own function, e.g. to measure it; not convertible).
     """
     if maxpool not in ("avg", "keep"):
         raise ValueError(f"maxpool must be 'avg' or 'keep', got {maxpool!r}")
@@ -398,7 +485,11 @@ def prepare(model: nn.Module, *, fold_bn: bool = True, maxpool: str = "avg", sof
         raise ValueError(f"softmax must be 'remove' or 'keep', got {softmax!r}")
     if bias not in ("keep", "remove"):
         raise ValueError(f"bias must be 'keep' or 'remove', got {bias!r}")
+    if bounded_relu not in ("relu", "keep"):
+        raise ValueError(f"bounded_relu must be 'relu' or 'keep', got {bounded_relu!r}")
     gm = to_graph(model)
+    if bounded_relu == "relu":
+        gm = replace_bounded_relu(gm)
     gm = one_module_per_call_site(gm)
     if softmax == "remove":
         gm = remove_softmax_head(gm)

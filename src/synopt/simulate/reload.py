@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from synopt import data
@@ -15,7 +16,7 @@ from synopt.simulate.run import SimResult, simulate
 def load_snn(snn_dir: str | Path, bias_timing: str | None = None) -> tuple[SpikingNetwork, dict]:
     """The spiking network of ``RUN/snn`` (spec.json + weights.pt) and its spec; ``bias_timing`` overrides the
     recorded one (``convert/bias_timing.py``)."""
-    from synopt.graph import prepare
+    from synopt.graph import BoundedReLUReplacedWarning, MaxPoolReplacedWarning, prepare
 
     snn_dir = Path(snn_dir)
     spec_path = snn_dir / "spec.json"
@@ -26,14 +27,29 @@ def load_snn(snn_dir: str | Path, bias_timing: str | None = None) -> tuple[Spiki
         from synopt.finetune.direct import load_snn as load_direct
 
         return load_direct(snn_dir)
-    model, _, _ = load_model(ModelSource(**spec["source"]))
+    model, _, _ = load_model(_in_run_folder(ModelSource(**spec["source"]), snn_dir.parent))
     options = spec.get("prepare") or {"fold_bn": True, "maxpool": "avg", "softmax": "remove", "bias": "keep"}
-    net, _ = prepare(model, **options)
+    with warnings.catch_warnings():  # the conversion already noted what preparation replaced
+        warnings.simplefilter("ignore", MaxPoolReplacedWarning)
+        warnings.simplefilter("ignore", BoundedReLUReplacedWarning)
+        net, _ = prepare(model, **options)
     net.load_state_dict(load_checkpoint(snn_dir / "weights.pt")["state_dict"])
     snn = to_sinabs(net, encoding=spec["encoding"], single_spike=spec.get("single_spike", False),
                     min_v_mem=spec.get("min_v_mem"), init_v_fraction=spec.get("init_v_fraction", 0.0),
                     bias_timing=bias_timing or spec.get("bias_timing", "spread"))
     return snn, spec
+
+
+def _in_run_folder(source: ModelSource, run_dir: Path) -> ModelSource:
+    """The source with its files taken from ``run_dir/source`` (where the conversion copied them), so a run folder
+    works from any working directory and after it was moved."""
+    for key in ("onnx", "checkpoint"):
+        recorded = getattr(source, key)
+        if recorded:
+            copy = run_dir / "source" / Path(recorded).name
+            if copy.is_file():
+                setattr(source, key, str(copy))
+    return source
 
 
 def simulate_run(snn_dir: str | Path, timesteps: int = 10, data_root: str | None = None, samples: int | None = None,

@@ -420,6 +420,11 @@ def test_cli_finetune_direct_digits(tmp_path, capsys):
     assert main(args) == 0
     capsys.readouterr()
     assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] == m["accuracy"]
+    # another ANN in the same file: another run, refused instead of resumed from this one's checkpoints
+    torch.manual_seed(1)
+    torch.save({"state_dict": zoo.build("digitsnet").state_dict()}, tmp_path / "ann.pt")
+    assert main(args) == 2
+    assert "differs in from_ann_sha256" in capsys.readouterr().err
     # baseline from a run folder
     assert main(args[:-5] + ["--out", str(tmp_path / "run2"), "--quiet", "--baseline", str(run_dir),
                              "--epochs", "1", "--lambda-norm", "0"]) == 0

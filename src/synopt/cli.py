@@ -430,7 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --schedule: halve the previous target (default) or the SynOps the previous point "
                          "reached on the validation data (003_* step 3a; differs from the target with --no-calibrate)")
     cv.add_argument("--timesteps", "-T", type=int, default=10, help="simulation time steps (default 10)")
-    cv.add_argument("--epochs", type=int, default=5, help="QAT epochs per target (default 5)")
+    cv.add_argument("--epochs", type=int, default=5, help="QAT epochs per target (default 5; 0: no fine-tuning, "
+                                                          "only calibration onto the target)")
     cv.add_argument("--lr", type=float, default=1e-3, help="QAT learning rate (Adam, cosine; default 1e-3)")
     cv.add_argument("--weight-decay", type=float, default=0.0)
     cv.add_argument("--batch-size", type=int, default=64)

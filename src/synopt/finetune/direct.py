@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -291,7 +293,8 @@ def train_direct(model: str = "digitsnet", dataset: str = "digits", *, out: str 
                       "conversion route")
     shape = tuple(splits.input_shape)
     train_set = seeded_subset(splits.train, train_samples, seed)
-    run = RunDir(out, {"command": "finetune --direct", **asdict(cfg), "resolved": res})
+    ann_digest = hashlib.sha256(Path(from_ann).read_bytes()).hexdigest() if from_ann else None
+    run = RunDir(out, {"command": "finetune --direct", **asdict(cfg), "resolved": res, "from_ann_sha256": ann_digest})
     torch.manual_seed(seed)
     net = build_snn(model, shape, splits.num_classes, surrogate, **res["hyper"])
     init_report = None

@@ -308,3 +308,32 @@ def test_explicit_zero_padding_before_conv():
     # asymmetric pad (left/top 1): 3x3 valid conv over the 5x5 padded map -> 3x3 outputs
     cover = torch.tensor([2.0, 3.0, 2.0, 1.0])  # rows 0..3 of the original map are covered 2,3,2,1 times
     assert torch.equal(a[0], 2 * torch.outer(cover, cover))
+
+
+@pytest.mark.parametrize("pool, shape", [
+    (nn.AvgPool2d(2, ceil_mode=True), (1, 5, 5)),
+    (nn.MaxPool2d(2, ceil_mode=True), (1, 5, 5)),
+    (nn.AvgPool2d(3, 2, 1, ceil_mode=True), (1, 6, 6)),
+    (nn.AvgPool1d(2, ceil_mode=True), (1, 5)),
+    (nn.AvgPool3d(2, ceil_mode=True), (1, 3, 3, 3)),
+    (nn.AvgPool2d(3, 2, 1), (1, 4, 4)),
+])
+def test_pooling_fan_out_matches_a_brute_force_count(pool, shape):
+    """psi of a neuron before a pool = the pooled positions whose window holds it (then x 1 for the 1x1 conv after).
+    Brute force: the non-zero entries of d(pool output)/d(input), one output at a time. ceil_mode windows that
+    overhang the input hold only the neurons they cover (a sum pool as avg x k^2 over-counted them: 36 vs 25)."""
+    dims = len(shape) - 1
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    avg = pool if not isinstance(pool, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) else \
+        {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}[dims](pool.kernel_size, pool.stride, pool.padding,
+                                                                  ceil_mode=pool.ceil_mode)
+    x = torch.ones(1, *shape, requires_grad=True)
+    y = avg(x)
+    brute = 0
+    for i in range(y.numel()):
+        (g,) = torch.autograd.grad(y.flatten()[i], x, retain_graph=True)
+        brute += int((g != 0).sum())
+    model = nn.Sequential(conv(1, 1, 1), nn.ReLU(), pool, conv(1, 1, 1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(y.numel(), 1))
+    acc = energy.analyze(model, shape)
+    assert [layer.synapses for layer in acc.layers] == [brute, y.numel()]

@@ -354,10 +354,16 @@ def _map(fn: Callable[[Any], Any], obj: Any) -> Any:
 
 
 def _sum_pool_nd(x: torch.Tensor, kernel, stride, padding, ceil_mode: bool, dims: int) -> torch.Tensor:
-    pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+    """The sum of every pooling window (zero padding; a ceil_mode window that overhangs the input sums only what it
+    covers): average pooling with divisor 1 (avg x k^2 would overcount those overhanging windows)."""
     k = _tuple(kernel, dims)
-    out = pool(x, k, stride if stride is not None else k, padding, ceil_mode, True)
-    return out * math.prod(k)
+    s = _tuple(stride if stride is not None else k, dims)
+    pad = _tuple(padding, dims)
+    if dims == 1:  # avg_pool1d has no divisor_override: pool a height-1 image
+        out = F.avg_pool2d(x.unsqueeze(-2), (1, *k), (1, *s), (0, *pad), ceil_mode, True, divisor_override=1)
+        return out.squeeze(-2)
+    pool = {2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+    return pool(x, k, s, pad, ceil_mode, True, divisor_override=1)
 
 
 def _tuple(v, n: int) -> tuple[int, ...]:

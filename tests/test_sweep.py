@@ -325,3 +325,72 @@ epochs = 3
 """))
     with pytest.raises(StudyError, match="share the folder conv-qrelu-t30000x1-T10-s0"):
         expand(clash)
+
+
+def test_direct_run_ids_name_every_grid_axis_and_clashes_are_refused(tmp_path):
+    """lr, surrogate and alpha grids give 8 direct runs in 8 folders (they collapsed to 2 before); two tables that
+    differ in a scalar would share a folder and are refused; from_ann = "ann" plans the ANN run it needs."""
+    study = load_study(_study(tmp_path, """
+model = "digitsnet"
+dataset = "digits"
+[[methods]]
+route = "direct"
+lambda_norm = 4
+lr = [1e-3, 1e-2]
+surrogate = ["s2nn", "pwl"]
+alpha = [0.25, 0.5]
+"""))
+    runs = [s for s in expand(study) if s.kind == "direct"]
+    assert len({s.run_id for s in runs}) == len(runs) == 8
+    assert "direct-syn-p1-pwl-lam4-alpha=0.5-lr=0.01-s0" in {s.run_id for s in runs}
+    assert {(s.params["lr"], s.params["surrogate"], s.params["alpha"]) for s in runs} == {
+        (lr, sur, a) for lr in (1e-3, 1e-2) for sur in ("s2nn", "pwl") for a in (0.25, 0.5)}
+    clash = load_study(_study(tmp_path, """
+model = "digitsnet"
+dataset = "digits"
+[[methods]]
+route = "direct"
+lambda_norm = 4
+[[methods]]
+route = "direct"
+lambda_norm = 4
+lr = 0.1
+"""))
+    with pytest.raises(StudyError, match="share the folder direct-syn-p1-s2nn-lam4-s0"):
+        expand(clash)
+    tuned = load_study(_study(tmp_path, """
+model = "digitsnet"
+dataset = "digits"
+[[methods]]
+route = "direct"
+lambda_norm = 4
+from_ann = "ann"
+"""))
+    plan = {s.run_id: s for s in expand(tuned)}
+    assert plan["direct-syn-p1-s2nn-lam4-s0-ft"].needs == "ann-s0" and "ann-s0" in plan
+
+
+def test_a_sweep_folder_holds_one_study(tmp_path):
+    study = _study(tmp_path, """
+model = "digitsnet"
+dataset = "digits"
+[[methods]]
+route = "direct"
+lambda_norm = 4
+""")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "study.json").write_text(json.dumps({"study": {"name": "cnn7-fmnist", "model": "cnn7",
+                                                            "dataset": "fashion-mnist"}}))
+    with pytest.raises(SweepError, match="holds the sweep of another study .name 'cnn7-fmnist', model 'cnn7'"):
+        sweep(study, out=other, progress=False)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep")
+    with pytest.raises(SweepError, match="not empty and holds no sweep"):
+        sweep(study, out=foreign, progress=False)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SweepError, match="is a file"):
+        sweep(study, out=tmp_path / "afile", progress=False)
+    assert sorted(p.name for p in foreign.iterdir()) == ["mine.txt"] and sorted(p.name for p in other.iterdir()) == [
+        "study.json"]

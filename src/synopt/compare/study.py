@@ -168,15 +168,35 @@ def _grid(method: dict, defaults: dict | None = None) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*axes)]
 
 
+def _as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
 def _num(x: float) -> str:
     return f"{x:g}".replace("+", "")
 
 
-def _direct_id(p: dict, seed: int) -> str:
+_DIRECT_TAGGED = {"route", "penalty", "p", "surrogate", "lambda_norm"}
+
+
+def _direct_id(p: dict, seed: int, method: dict) -> str:
+    """Run id of a direct run: penalty, p, surrogate, λ', then every other grid axis of its [[methods]] table
+    (``-lr=0.01``), so runs that differ in them get their own folders."""
     sur = p.get("surrogate", "s2nn")
+    extra = "".join(f"-{k}={_num(p[k]) if isinstance(p[k], float) else p[k]}"
+                    for k in sorted(k for k, v in method.items() if isinstance(v, list) and k not in _DIRECT_TAGGED))
     if p["penalty"] == "none":
-        return f"direct-none-{sur}-s{seed}"
-    return f"direct-{p['penalty']}-p{_num(p['p'])}-{sur}-lam{_num(p['lambda_norm'])}-s{seed}"
+        return f"direct-none-{sur}{extra}-s{seed}"
+    return f"direct-{p['penalty']}-p{_num(p['p'])}-{sur}-lam{_num(p['lambda_norm'])}{extra}-s{seed}"
+
+
+def _add(runs: dict, spec: "RunSpec", study: "Study") -> None:
+    """Add a run; one id with two different settings (two [[methods]] tables) is refused, never silently merged."""
+    have = runs.setdefault(spec.run_id, spec)
+    if have.params != spec.params or have.needs != spec.needs:
+        raise StudyError(f"study {study.name!r}: two runs would share the folder {spec.run_id} with different "
+                         "settings; make the differing key a list in one [[methods]] table (it then names the runs) "
+                         "or merge the tables")
 
 
 _TAGGED = {"route", "method", "target_synops", "target_fraction", "schedule_points", "rho", "percentile", "timesteps",
@@ -198,7 +218,8 @@ def expand(study: Study) -> list[RunSpec]:
     b = study.budget
     common = {"model": study.model, "dataset": study.dataset, "data_root": study.data_root}
     runs: dict[str, RunSpec] = {}
-    need_ann = bool(study.ann) or any(m["route"] == "conversion" for m in study.methods)
+    need_ann = bool(study.ann) or any(m["route"] == "conversion" or "ann" in _as_list(m.get("from_ann"))
+                                      for m in study.methods)
     for seed in study.seeds:
         ann_id = f"ann-s{seed}"
         if need_ann:
@@ -223,10 +244,10 @@ def expand(study: Study) -> list[RunSpec]:
                               "energy_model": study.energy_model}
                     if p.get("from_ann") == "ann":  # start from this study's ANN of the same seed
                         params["from_ann"] = None
-                        spec = RunSpec(_direct_id(p, seed) + "-ft", "direct", seed, params, needs=ann_id)
+                        spec = RunSpec(_direct_id(p, seed, m) + "-ft", "direct", seed, params, needs=ann_id)
                     else:
-                        spec = RunSpec(_direct_id(p, seed), "direct", seed, params)
-                    runs.setdefault(spec.run_id, spec)
+                        spec = RunSpec(_direct_id(p, seed, m), "direct", seed, params)
+                    _add(runs, spec, study)
             else:
                 m = dict(m)
                 steps = m.pop("timesteps", 10)
@@ -248,9 +269,5 @@ def expand(study: Study) -> list[RunSpec]:
                               "train_samples": b.get("train_samples"), "eval_samples": b.get("eval_samples")}
                     ts = "-".join(str(t) for t in sorted([p["timesteps"], *p.get("extra_timesteps", [])]))
                     run_id = f"conv-{method}-{tag}-T{ts}{_options_tag(m, p)}-s{seed}"
-                    spec = runs.setdefault(run_id, RunSpec(run_id, "conversion", seed, params, needs=ann_id))
-                    if spec.params != params:
-                        raise StudyError(f"study {study.name!r}: two conversion runs would share the folder "
-                                         f"{run_id} with different settings; give them different targets or merge "
-                                         "their [[methods]] tables")
+                    _add(runs, RunSpec(run_id, "conversion", seed, params, needs=ann_id), study)
     return sorted(runs.values(), key=lambda r: (r.kind != "ann", r.run_id))

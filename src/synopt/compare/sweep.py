@@ -233,6 +233,25 @@ def write_results(path: Path, study: Study, plan: list[RunSpec], records: dict[s
     return rows
 
 
+def _check_sweep_folder(path: Path, study) -> None:
+    """A sweep folder holds one study (its grid may grow between invocations): refuse a file, a non-empty folder that
+    is no sweep, or a sweep of another study (name, model or dataset)."""
+    if path.exists() and not path.is_dir():
+        raise SweepError(f"--out {path} is a file, not a folder; choose a new --out")
+    recorded = path / "study.json"
+    if recorded.is_file():
+        try:
+            old = json.loads(recorded.read_text())["study"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise SweepError(f"{recorded} is unreadable; choose a new --out or delete the folder") from None
+        differs = [k for k in ("name", "model", "dataset") if old.get(k) != getattr(study, k)]
+        if differs:
+            which = ", ".join(f"{k} {old.get(k)!r}" for k in differs)
+            raise SweepError(f"--out {path} holds the sweep of another study ({which}); choose a new --out")
+    elif path.is_dir() and any(path.iterdir()):
+        raise SweepError(f"--out {path} is not empty and holds no sweep (no study.json); choose a new or empty folder")
+
+
 def sweep(study_file: str | Path, out: str | Path | None = None, workers: int | None = None,
           ray_address: str | None = None, data_root: str | None = None, retry_failed: bool = True,
           progress: bool = True, only: Callable[[RunSpec], bool] | None = None) -> SweepResult:
@@ -242,6 +261,7 @@ def sweep(study_file: str | Path, out: str | Path | None = None, workers: int | 
     if only is not None:
         plan = [s for s in plan if only(s) or any(only(t) and t.needs == s.run_id for t in plan)]
     path = Path(out or Path("runs") / "sweeps" / study.name)
+    _check_sweep_folder(path, study)
     runs = path / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     write_json(path / "study.json", {"study": study.to_dict(), "plan": [s.to_dict() for s in plan]})

@@ -58,10 +58,11 @@ def test_train_digits_writes_run_folder_and_measures(tmp_path, capsys):
     assert config["config"]["model"] == "digitsnet" and config["config"]["train"]["epochs"] == 2
     assert 0.0 <= metrics["test_acc"] <= 1.0 and metrics["synops_per_inference"] > 0
     assert (run_dir / "model.pt").exists() and (run_dir / "checkpoints" / "last.pt").exists()
-    # resume: the same command with more epochs continues from the checkpoint of epoch 2
-    assert main(["train", "--epochs", "3", "--out", str(run_dir), "--quiet"]) == 0
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [e["epoch"] for e in metrics["history"]] == [1, 2, 3]
+    # more epochs in the same folder is another run (its cosine schedule differs from epoch 1 on): refused
+    assert main(["train", "--epochs", "3", "--out", str(run_dir), "--quiet"]) == 2
+    assert "differs in train" in capsys.readouterr().err
+    assert [e["epoch"] for e in json.loads((run_dir / "metrics.json").read_text())["history"]] == [1, 2]
+    assert main(["train", "--epochs", "2", "--out", str(run_dir), "--quiet"]) == 0  # the same command: resumed
     # measured count on the trained checkpoint through `synopt count`
     assert main(["count", "--model", "digitsnet", "--checkpoint", str(run_dir / "model.pt"), "--dataset", "digits",
                  "--samples", "50"]) == 0

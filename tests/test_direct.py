@@ -482,3 +482,14 @@ def test_preactresnet_with_inverted_neurons_exports_exactly(tmp_path):
     reloaded, spec = load_snn(tmp_path)  # the polarity travels with the thresholds
     assert spec["exportable"]
     assert simulate(reloaded, ds, 1, (3, 16, 16), progress=False).synops_per_layer == sim.synops_per_layer
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
+    """A direct run that fails before its first checkpoint (here alpha = 0, refused when the neuron is built) removes
+    the folder it created, so the corrected command is not refused as 'another configuration'."""
+    out = tmp_path / "run"
+    base = ["finetune", "--direct", "--model", "digitsnet", "--dataset", "digits", "--epochs", "1", "--samples", "50",
+            "--quiet", "--out", str(out)]
+    assert main([*base, "--alpha", "0"]) == 2
+    assert "alpha" in capsys.readouterr().err and not out.exists()
+    assert main(base) == 0 and (out / "metrics.json").is_file()

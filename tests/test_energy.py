@@ -274,6 +274,10 @@ def test_energy_models():
         energy.get_energy_model("7nm")
     with pytest.raises(ValueError, match="positive"):
         energy.get_energy_model("x", e_ac_pj=-1)
+    mac_only = energy.get_energy_model(e_mac_pj=1.0)  # --e-mac alone: the named model's E_AC, the given E_MAC
+    assert (mac_only.e_ac_pj, mac_only.e_mac_pj) == (0.9, 1.0)
+    with pytest.raises(ValueError, match="--e-mac .* must be positive, got 0"):
+        energy.get_energy_model(e_mac_pj=0.0)
 
 
 def test_ops_after_the_last_weight_layer_are_ignored():

@@ -92,12 +92,16 @@ ENERGY_MODELS: dict[str, EnergyModel] = {
 
 
 def get_energy_model(name: str = "cmos45nm", e_ac_pj: float | None = None, e_mac_pj: float | None = None) -> EnergyModel:
-    """A named energy model, or a user-defined one when ``e_ac_pj`` is given (e.g. a chip's measured energy/SynOp)."""
-    if e_ac_pj is not None:
-        if e_ac_pj <= 0 or (e_mac_pj is not None and e_mac_pj <= 0):
-            raise ValueError("energy per operation must be positive (picojoules)")
-        return EnergyModel(name if name not in ENERGY_MODELS else "custom", float(e_ac_pj),
-                           float(e_mac_pj if e_mac_pj is not None else float("nan")))
+    """A named energy model, or a user-defined one when ``e_ac_pj`` and/or ``e_mac_pj`` are given (e.g. a chip's
+    measured energy per SynOp); a value not given comes from the named model."""
+    for flag, value in (("--e-ac", e_ac_pj), ("--e-mac", e_mac_pj)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} is an energy per operation in picojoules and must be positive, got {value:g}")
+    base = ENERGY_MODELS.get(name)
+    if e_ac_pj is not None or (e_mac_pj is not None and base is not None):
+        return EnergyModel("custom" if base else name,
+                           float(e_ac_pj if e_ac_pj is not None else base.e_ac_pj),
+                           float(e_mac_pj if e_mac_pj is not None else base.e_mac_pj if base else float("nan")))
     if name not in ENERGY_MODELS:
         raise ValueError(f"unknown energy model {name!r}; choose one of {sorted(ENERGY_MODELS)} "
                          "or give --e-ac (pJ per SynOp) for your chip")

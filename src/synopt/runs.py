@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import functools
+import inspect
 import os
 import platform
+import shutil
 import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -131,6 +135,34 @@ class RunDir:
 
     def write_metrics(self, metrics: dict) -> Path:
         return write_json(self.path / "metrics.json", metrics)
+
+
+@contextlib.contextmanager
+def removed_on_early_failure(path: str | Path) -> Iterator[None]:
+    """Remove the run folder ``path`` if the work inside fails before it wrote anything worth resuming (a checkpoint
+    under checkpoints/ or points/, or metrics.json) and the folder did not exist before: a failed start leaves
+    nothing half-written that would block the corrected command."""
+    path = Path(path)
+    created = not path.exists()
+    try:
+        yield
+    except BaseException:
+        progress = (path / "metrics.json").exists() or any(path.glob("checkpoints/**/*.pt")) or \
+            any(path.glob("points/*.pt"))
+        if created and not progress:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def cleans_up_early_failures(fn: Callable) -> Callable:
+    """Decorator for functions with an ``out`` run-folder argument: :func:`removed_on_early_failure` around them."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with removed_on_early_failure(signature.bind(*args, **kwargs).arguments["out"]):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def check_out_folder(path: str | Path) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import shutil
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +31,8 @@ from synopt.convert.to_sinabs import to_sinabs
 from synopt.data.events import augmentation_parts
 from synopt.finetune.bn_stats import recalibrate_batchnorm
 from synopt.finetune.train import TrainConfig, evaluate, fit, seeded_subset
-from synopt.runs import RunDir, load_checkpoint, save_checkpoint, state_fingerprint, write_json
+from synopt.runs import (RunDir, load_checkpoint, removed_on_early_failure, save_checkpoint,
+                         state_fingerprint, write_json)
 from synopt.simulate.run import SimResult, simulate
 
 RHO_GRID = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
@@ -370,11 +370,6 @@ def _check_output(model: torch.nn.Module, shape: tuple[int, ...], num_classes: i
                          " choose the dataset the model was trained for (or its logits output, --onnx-output)")
 
 
-def _has_progress(out: Path) -> bool:
-    """Whether a run folder holds anything worth resuming (a checkpoint, a finished point or metrics)."""
-    return (out / "metrics.json").exists() or any(out.glob("checkpoints/**/*.pt")) or any(out.glob("points/*.pt"))
-
-
 def run_conversion(cfg: ConvertConfig) -> dict:
     """Run the conversion route; write the run folder ``cfg.out``; return the metrics.
 
@@ -405,13 +400,8 @@ def run_conversion(cfg: ConvertConfig) -> dict:
     with warnings.catch_warnings():  # a trial run of the passes: their errors (e.g. the input convention) come now
         warnings.simplefilter("ignore")
         _prepare(model, cfg, [])
-    created = not out.exists()
-    try:
+    with removed_on_early_failure(out):
         return _convert(cfg, out, model, notes, splits, sim_splits, train_images, temporal)
-    except BaseException:
-        if created and not _has_progress(out):
-            shutil.rmtree(out, ignore_errors=True)
-        raise
 
 
 def _convert(cfg: ConvertConfig, out: Path, model: torch.nn.Module, notes: list[str], splits, sim_splits,

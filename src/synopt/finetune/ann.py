@@ -9,7 +9,7 @@ import torch
 
 from synopt import data, energy, zoo
 from synopt.finetune.train import TrainConfig, evaluate, fit, loader, seeded_subset
-from synopt.runs import RunDir, save_checkpoint, write_text
+from synopt.runs import RunDir, cleans_up_early_failures, save_checkpoint, write_text
 
 
 def measure_synops(model: torch.nn.Module, account: energy.NetworkAccount, dataset, samples: int = 1000,
@@ -35,6 +35,7 @@ def measure_synops(model: torch.nn.Module, account: energy.NetworkAccount, datas
     return {k: v / seen for k, v in synops.items()}, rates
 
 
+@cleans_up_early_failures
 def train_ann(model: str = "digitsnet", dataset: str = "digits", data_root: str | None = None,
               out: str | Path = "runs/ann", epochs: int = 20, lr: float = 1e-3, batch_size: int = 64,
               weight_decay: float = 0.0, seed: int = 0, progress: bool = True,
@@ -53,8 +54,7 @@ def train_ann(model: str = "digitsnet", dataset: str = "digits", data_root: str 
                       progress=progress)
     run = RunDir(out, {"command": "train", "model": model, "dataset": dataset, "data_root": data_root,
                        "train_samples": train_samples, "augment": augment,
-                       "train": {k: v for k, v in asdict(cfg).items() if k != "progress"}},
-                 ignore=("train.epochs",))  # the same command with more epochs continues training
+                       "train": {k: v for k, v in asdict(cfg).items() if k != "progress"}})
     history = fit(net, train_set, splits.val, cfg, checkpoint_dir=run.path / "checkpoints", desc=model)
     test_acc = evaluate(net, splits.test)
     account = energy.analyze(net, splits.input_shape)

@@ -31,7 +31,7 @@ from synopt.finetune.metrics import Measurement, direct_metrics, measure
 from synopt.finetune.bn_stats import BN_TYPES
 from synopt.finetune.sites import site_links
 from synopt.finetune.train import TrainConfig, fit, loader, seeded_subset
-from synopt.runs import RunDir, load_checkpoint, save_checkpoint, write_text
+from synopt.runs import RunDir, cleans_up_early_failures, load_checkpoint, save_checkpoint, write_text
 
 __all__ = [
     "PRESETS",
@@ -250,6 +250,7 @@ def _resolve(cfg: DirectConfig) -> dict[str, Any]:
     return resolved
 
 
+@cleans_up_early_failures
 def train_direct(model: str = "digitsnet", dataset: str = "digits", *, out: str | Path, data_root: str | None = None,
                  surrogate: str = "s2nn", penalty: str = "syn", p: float = 1.0, lambda_norm: float = 0.0,
                  schedule: str = "linear", weight_decay: float | None = None, bn_decay: bool = False,

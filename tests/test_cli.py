@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import synopt
+from synopt import zoo
 from synopt.cli import main
 
 
@@ -73,7 +75,12 @@ def test_train_digits_writes_run_folder_and_measures(tmp_path, capsys):
     (["count", "--model", "nosuchnet"], "nosuchnet"),
     (["count", "--model", "vgg11", "--input", "3x32"], "CxHxW"),
     (["count", "--model", "vgg11", "--input", "1x8x8"], "input"),
-    (["count", "--model", "digitsnet", "--checkpoint", "/nonexistent/ck.pt"], "/nonexistent/ck.pt"),
+    (["count", "--model", "digitsnet", "--checkpoint", "/nonexistent/ck.pt", "--dataset", "digits"],
+     "/nonexistent/ck.pt"),
+    (["count", "--model", "digitsnet", "--checkpoint", "/nonexistent/ck.pt"], "give --dataset NAME too"),
+    (["count", "--model", "cnn7", "--dataset", "digits"], "give --input 1x8x8"),
+    (["count", "--model", "digitsnet", "--dataset", "digits", "--samples", "0"], "--samples must be >= 1, got 0"),
+    (["count", "--model", "digitsnet", "--e-mac", "0"], "--e-mac is an energy per operation"),
     (["train", "--dataset", "mnist", "--data-root", "/nonexistent/root", "--out", "OUT"], "/nonexistent/root"),
     (["count", "--model", "vgg11", "--energy-model", "7nm"], "7nm"),
 ])
@@ -88,8 +95,11 @@ def test_user_errors_are_one_line(args, needle, tmp_path):
 def test_bad_checkpoint_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    r = run("count", "--model", "digitsnet", "--checkpoint", str(bad))
+    r = run("count", "--model", "digitsnet", "--checkpoint", str(bad), "--dataset", "digits")
     assert r.returncode == 2 and "weights-only" in r.stderr and "Traceback" not in r.stderr
+    torch.save({"state_dict": zoo.build("digitsnet", num_classes=5).state_dict()}, tmp_path / "five.pt")
+    r = run("count", "--model", "digitsnet", "--checkpoint", str(tmp_path / "five.pt"), "--dataset", "digits")
+    assert r.returncode == 2 and "does not fit 'digitsnet'" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_zoo_list(capsys):

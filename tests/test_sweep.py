@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import os
 import signal
 import subprocess
@@ -394,3 +395,26 @@ lambda_norm = 4
         sweep(study, out=tmp_path / "afile", progress=False)
     assert sorted(p.name for p in foreign.iterdir()) == ["mine.txt"] and sorted(p.name for p in other.iterdir()) == [
         "study.json"]
+
+
+@pytest.mark.parametrize("line, needle", [
+    ('dataset = "imagenet"', "unknown dataset 'imagenet'"),
+    ('[[methods]]\nroute = "direct"\npenalty = "energy"', "penalty must be one of"),
+    ('[[methods]]\nroute = "direct"\nsurrogate = "foo"', "surrogate must be one of"),
+    ('[[methods]]\nroute = "direct"\np = 0', "methods[1]: p must be a number >= 1, got 0"),
+    ('[[methods]]\nroute = "direct"\nlambda_norm = [4, -4]', "lambda_norm must be a number >= 0, got -4"),
+    ('[[methods]]\nroute = "direct"\nlambda_norm = []', "lambda_norm is an empty list"),
+    ('[[methods]]\nroute = "direct"\nepochs = "one"', "epochs must be an integer >= 1, got 'one'"),
+    ('[[methods]]\nroute = "direct"\nepochs = 1.5', "epochs must be an integer >= 1, got 1.5"),
+    ('[[methods]]\nroute = "conversion"\ntarget_synops = -3', "target_synops must be a positive number, got -3"),
+    ('[[methods]]\nroute = "conversion"\ntarget_synops = 1e5\ntimesteps = 0', "timesteps must be an integer >= 1"),
+    ('workers = 0', "workers must be an integer >= 1, got 0"),
+    ('[budget]\nlr = "fast"', "budget: lr must be a positive number, got 'fast'"),
+])
+def test_study_values_are_checked_before_any_run(line, needle, tmp_path):
+    base = 'model = "digitsnet"\n' + ('' if line.startswith("dataset") else 'dataset = "digits"\n')
+    top, _, tables = line.partition("[")
+    text = base + (top if not line.startswith("[") else "") + "\n" + \
+        '[[methods]]\nroute = "direct"\nlambda_norm = 4\n' + ("[" + tables if line.startswith("[") else "")
+    with pytest.raises(StudyError, match=re.escape(needle)):
+        load_study(_study(tmp_path, text))

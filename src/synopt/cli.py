@@ -71,11 +71,18 @@ def cmd_count(args: argparse.Namespace) -> int:
 
     if bool(args.onnx) == bool(args.model):
         raise UserError("give exactly one of --model NAME or --onnx FILE")
+    if args.checkpoint and not args.dataset:
+        raise UserError("--checkpoint weights only enter the measured SynOps: give --dataset NAME too (the fan-out "
+                        "and MACs do not depend on the weights)")
+    if args.dataset and args.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {args.samples}")
     if args.onnx:
         from synopt.graph import import_onnx, prepare
 
         if args.checkpoint:
             raise UserError("--checkpoint is for zoo models; an ONNX file carries its own weights")
+        if args.num_classes:
+            raise UserError("--num-classes is for zoo models; an ONNX model's classes are in the file")
         imported = import_onnx(args.onnx, input_shape=args.input)
         model, _ = prepare(imported.module, maxpool="keep", fold_bn=False)
         shape = tuple(imported.input_shape)
@@ -84,7 +91,11 @@ def cmd_count(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from synopt.runs import load_checkpoint
 
-        model.load_state_dict(load_checkpoint(args.checkpoint)["state_dict"])
+        try:
+            model.load_state_dict(load_checkpoint(args.checkpoint)["state_dict"])
+        except RuntimeError as exc:
+            raise UserError(f"checkpoint {args.checkpoint} does not fit {args.model!r} at input {shape}: "
+                            f"{str(exc).splitlines()[0]} (--input / --num-classes set the shapes)") from None
     account = energy.analyze(model, shape, convention=args.convention)
     em = energy.get_energy_model(args.energy_model, args.e_ac, args.e_mac)
     measured = None
@@ -92,7 +103,15 @@ def cmd_count(args: argparse.Namespace) -> int:
         from synopt import data
         from synopt.finetune.ann import measure_synops
 
-        measured, _ = measure_synops(model, account, data.load(args.dataset, args.data_root).test, args.samples)
+        test = data.load(args.dataset, args.data_root).test
+        if tuple(test[0][0].shape) != tuple(shape):
+            raise UserError(f"the model takes input {tuple(shape)} but dataset {args.dataset!r} gives "
+                            f"{tuple(test[0][0].shape)}; give --input {'x'.join(map(str, test[0][0].shape))} or "
+                            "another dataset")
+        if not args.checkpoint and not args.onnx:
+            print(f"note: no --checkpoint: the SynOps are measured on {args.model} with random weights",
+                  file=sys.stderr)
+        measured, _ = measure_synops(model, account, test, args.samples)
     print(account.table(em, measured))
     if args.json:
         from synopt.runs import write_json
@@ -314,7 +333,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         html = write_report(result.path, result.path / "report.html", result.path / "report.md")
         print(f"report: {html}")
-    return 1 if result.failed and not result.ran and not result.skipped else 0
+    return 1 if result.failed else 0  # a partly failed sweep is not a success (the finished runs are kept)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -541,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--report", action="store_true", help="write OUT/report.html and report.md at the end")
     sw.add_argument("--quiet", action="store_true")
     sw.set_defaults(func=cmd_sweep)
+    sw.epilog = "exit status: 0 when every run finished, 1 when any run failed (see runs/<id>/error.txt), 2 on errors"
 
     rp = sub.add_parser("report", help="a self-contained HTML (and Markdown) report of a sweep or a run",
                         description="Tables, curve scores, plots and a verdict from a sweep folder or a run folder.")

@@ -118,6 +118,54 @@ def _check_keys(where: str, obj: Any, allowed: set[str]) -> dict:
     return obj
 
 
+def _int(lo: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"an integer >= {lo}"
+
+
+def _real(test, rule: str):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and test(v), rule
+
+
+def _value_rules() -> dict:
+    from synopt.convert.bias_timing import BIAS_TIMINGS
+    from synopt.finetune.neuron import SURROGATES
+    from synopt.finetune.penalty import PENALTY_KINDS
+
+    def choice(options):
+        return lambda v: v in options, "one of " + ", ".join(map(str, options))
+
+    positive, nonneg = _real(lambda v: v > 0, "a positive number"), _real(lambda v: v >= 0, "a number >= 0")
+    boolean = (lambda v: isinstance(v, bool), "true or false")
+    return {
+        **{k: _int(1) for k in ("epochs", "batch_size", "train_samples", "eval_samples", "schedule_points",
+                                "estimate_samples", "event_count", "n_time_bins", "timesteps", "workers",
+                                "threads_per_worker")},
+        "recalibrate_bn": _int(0), "lr": positive, "target_synops": positive, "rho": positive, "alpha": positive,
+        "tau": positive, "weight_decay": nonneg, "lambda_norm": nonneg, "label_smoothing": nonneg,
+        "init_v_fraction": nonneg, "p": _real(lambda v: v >= 1, "a number >= 1"),
+        "percentile": _real(lambda v: 0 < v <= 100, "a number in (0, 100]"),
+        "target_fraction": _real(lambda v: 0 < v <= 1, "a number in (0, 1]"),
+        "init_rate": _real(lambda v: 0 < v < 1, "a number in (0, 1)"),
+        "penalty": choice((*PENALTY_KINDS, "none")), "surrogate": choice(tuple(SURROGATES)),
+        "bias_timing": choice(BIAS_TIMINGS), "optimizer": choice(("adam", "sgd")),
+        "schedule": choice(("linear", "constant")), "calibrate": boolean, "single_spike": boolean,
+        "bn_decay": boolean, "separate_timesteps": boolean,
+    }
+
+
+def _check_values(where: str, table: dict, rules: dict) -> None:
+    """Every value of a study table (each element of a grid axis) has the type and range its key needs."""
+    for key, value in table.items():
+        if key not in rules:
+            continue
+        if isinstance(value, list) and not value:
+            raise StudyError(f"{where}: {key} is an empty list (a grid axis needs at least one value)")
+        ok, rule = rules[key]
+        for v in value if isinstance(value, list) else [value]:
+            if not ok(v):
+                raise StudyError(f"{where}: {key} must be {rule}, got {v!r}")
+
+
 def load_study(path: str | Path, data_root: str | None = None) -> Study:
     """Read and validate a study file (``data_root`` overrides the file's)."""
     path = Path(path)
@@ -145,12 +193,22 @@ def load_study(path: str | Path, data_root: str | None = None) -> Study:
             if method == "qrelu" and ("target_synops" in m) == ("target_fraction" in m):
                 raise StudyError(f"{where}: a qrelu conversion needs one of target_synops (SynOps, a number or a "
                                  f"list) or target_fraction (e.g. 0.5: half the SynOps at the chosen rho)")
-    from synopt import zoo
+    from synopt import data, zoo
 
     try:
         zoo.get_spec(raw["model"])
     except Exception as exc:  # noqa: BLE001
         raise StudyError(f"{path}: {exc}") from exc
+    try:
+        data.check_name(raw["dataset"])
+    except data.DatasetError as exc:
+        raise StudyError(f"{path}: {exc}") from None
+    rules = _value_rules()
+    _check_values(str(path), raw, rules)
+    for name in ("budget", "ann"):
+        _check_values(f"{path}: {name}", raw.get(name) or {}, rules)
+    for i, m in enumerate(methods):
+        _check_values(f"{path}: methods[{i}]", m, rules)
     return Study(name=str(raw.get("name", path.stem)), model=raw["model"], dataset=raw["dataset"],
                  data_root=data_root or raw.get("data_root"), seeds=list(seeds),
                  budget=dict(_check_keys(f"{path}: budget", raw.get("budget", {}), BUDGET_KEYS)),

@@ -20,6 +20,7 @@ __all__ = [
     "register",
     "load",
     "list_datasets",
+    "check_name",
     "resolve_root",
     "split_indices",
 ]
@@ -103,6 +104,11 @@ def list_datasets() -> dict[str, str]:
     """``{name: one-line description}`` of every registered dataset."""
     _ensure_builtin()
     return {name: info.description for name, info in _REGISTRY.items()}
+
+
+def check_name(name: str) -> None:
+    """Raise :class:`DatasetError` naming the valid datasets unless ``name`` is one of them (or an alias)."""
+    _lookup(name)
 
 
 def _lookup(name: str) -> DatasetInfo:

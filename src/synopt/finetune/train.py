@@ -108,6 +108,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None, cfg: TrainConfig,
             sched.load_state_dict(state["scheduler"])
         start = int(state["epoch"]) + 1
         history.epochs = list(state.get("history", []))
+        if "rng_state" in state:  # dropout and other draws continue as if never interrupted
+            torch.set_rng_state(state["rng_state"])
     for epoch in range(start, cfg.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
@@ -147,7 +149,8 @@ def fit(model: nn.Module, train: Dataset, val: Dataset | None, cfg: TrainConfig,
         if ckpt is not None:
             save_checkpoint(ckpt, {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict() if sched else {}, "epoch": epoch,
-                                   "history": history.epochs, "config": asdict(cfg)})
+                                   "history": history.epochs, "config": asdict(cfg),
+                                   "rng_state": torch.get_rng_state()})
         if cfg.progress:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch")
             tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: {shown}")

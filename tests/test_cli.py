@@ -81,6 +81,8 @@ def test_train_digits_writes_run_folder_and_measures(tmp_path, capsys):
     (["count", "--model", "cnn7", "--dataset", "digits"], "give --input 1x8x8"),
     (["count", "--model", "digitsnet", "--dataset", "digits", "--samples", "0"], "--samples must be >= 1, got 0"),
     (["count", "--model", "digitsnet", "--e-mac", "0"], "--e-mac is an energy per operation"),
+    (["train", "--epochs", "0", "--out", "OUT"], "--epochs must be >= 1, got 0"),
+    (["train", "--train-samples", "0", "--out", "OUT"], "--train-samples must be >= 1, got 0"),
     (["train", "--dataset", "mnist", "--data-root", "/nonexistent/root", "--out", "OUT"], "/nonexistent/root"),
     (["count", "--model", "vgg11", "--energy-model", "7nm"], "7nm"),
 ])

@@ -259,3 +259,15 @@ def test_choose_rho_skips_a_silent_network(monkeypatch):
     monkeypatch.setattr(pipeline, "estimate", lambda rho, *a, **k: (*table[rho], None))
     rho, trials = choose_rho(None, None, None, 10, list(table), ann_acc=0.10)
     assert rho == 1.0 and [t["rho"] for t in trials] == [0.5, 1.0]
+
+
+def test_results_files_are_as_readable_as_other_files(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the result gets the usual 0666 & ~umask, like the plots."""
+    import os
+
+    from synopt.runs import write_json
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = write_json(tmp_path / "m.json", {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

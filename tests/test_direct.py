@@ -442,11 +442,20 @@ def test_cli_finetune_direct_digits(tmp_path, capsys):
     (["--direct", "--epochs", "0"], "--epochs"),
     (["--direct", "--surrogate", "pwl", "--alpha", "0.3"], "no hyperparameter alpha"),
     (["--direct", "--baseline", "abc"], "--baseline"),
+    (["--direct", "--lambda-norm", "nan"], "--lambda-norm must be a finite number"),
+    (["--direct", "--penalty", "none", "--lambda-norm", "8"], "drop --lambda-norm"),
+    (["--direct", "--threads", "-2"], "--threads must be >= 1, got -2"),
+    (["--direct", "--train-samples", "0"], "--train-samples must be >= 1, got 0"),
+    (["--direct", "--samples", "0"], "--samples must be >= 1, got 0"),
+    (["--direct", "--from-ann", "DIR"], "is a folder; give the checkpoint file"),
 ])
 def test_cli_finetune_bad_options_one_line(extra, message, tmp_path, capsys):
+    (tmp_path / "DIR").mkdir()
+    extra = [str(tmp_path / "DIR") if a == "DIR" else a for a in extra]
     assert main(["finetune", *extra, "--out", str(tmp_path / "r"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("synopt: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "r").exists()
 
 
 def test_direct_on_event_data_takes_collapsed_counts(data_root, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -153,9 +154,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from synopt.finetune.ann import train_ann
 
     _check_out(args.out)
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.train_samples is not None and args.train_samples < 1:
+        raise UserError(f"--train-samples must be >= 1, got {args.train_samples}")
     result = train_ann(model=args.model, dataset=args.dataset, data_root=args.data_root, out=args.out,
                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                       seed=args.seed, progress=not args.quiet)
+                       seed=args.seed, progress=not args.quiet, train_samples=args.train_samples)
     print(result["summary"])
     return 0
 
@@ -275,8 +280,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if not args.direct:
         raise UserError("only --direct (single-step SNN training) is implemented here; the conversion route's "
                         "fine-tuning is `synopt convert`")
-    if args.lambda_norm < 0:
-        raise UserError(f"--lambda-norm must be >= 0, got {args.lambda_norm}")
+    if not math.isfinite(args.lambda_norm) or args.lambda_norm < 0:
+        raise UserError(f"--lambda-norm must be a finite number >= 0, got {args.lambda_norm}")
+    if args.penalty == "none" and args.lambda_norm:
+        raise UserError("--penalty none trains without a penalty; drop --lambda-norm (or choose a penalty)")
+    for flag, value in (("--threads", args.threads), ("--train-samples", args.train_samples),
+                        ("--samples", args.samples)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if args.from_ann and Path(args.from_ann).is_dir():
+        hint = " (e.g. its model.pt)" if (Path(args.from_ann) / "model.pt").is_file() else ""
+        raise UserError(f"--from-ann {args.from_ann} is a folder; give the checkpoint file{hint}")
     if args.p < 1:
         raise UserError(f"--p must be >= 1 (Definition 3.3 of Suetake et al.), got {args.p}")
     if args.epochs is not None and args.epochs < 1:
@@ -404,6 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--weight-decay", type=float, default=0.0)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--train-samples", type=int, help="train on a seeded random subset of this size (quick runs)")
     t.add_argument("--out", required=True, help="run folder to write")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)

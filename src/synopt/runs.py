@@ -21,6 +21,10 @@ import torch
 import synopt
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     """Write ``path`` through a temporary file in the same folder and rename it: never half a file."""
     path = Path(path)
@@ -31,6 +35,7 @@ def _atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are as readable as any other file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -116,8 +116,9 @@ def simulate(snn: SpikingNetwork, data: Dataset, timesteps: int, input_shape, *,
         output_spikes=out_spikes / seen, silent_layers=silent,
         silent_output_fraction=silent_out / seen if snn.output_if is not None else 0.0)
     if silent:
-        warnings.warn(f"silent layers (no spike on {seen} samples): {', '.join(silent)} — the network is "
-                      "under-driven; raise the first-layer scale rho or the SynOp target", stacklevel=2)
+        warnings.warn(f"silent layers (no spike on {seen} samples): {', '.join(map(repr, silent))} — the network "
+                      "is under-driven there (conversion: raise rho or the SynOp target; direct route: lower the "
+                      "penalty)", stacklevel=2)
     if result.silent_output_fraction > 0.5:
         warnings.warn(f"the output layer was silent for {100 * result.silent_output_fraction:.0f}% of the samples; "
                       "predictions fall back to the accumulated current — increase T or the activity", stacklevel=2)

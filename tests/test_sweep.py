@@ -205,14 +205,15 @@ def test_near_zero_fraction_by_hand():
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
-    study = _study(tmp_path, TINY.replace('lambda_norm = [0, 8]', 'lambda_norm = [0, 8]\nlr = -1.0')
-                   .replace("epochs = 6", "epochs = 1"))
+    # valid values (the study check passes them) that the run refuses: the pwl surrogate has no alpha
+    study = _study(tmp_path, TINY.replace('lambda_norm = [0, 8]', 'lambda_norm = [0, 8]\nsurrogate = "pwl"\n'
+                                          'alpha = 0.3').replace("epochs = 6", "epochs = 1"))
     res = sweep(study, out=tmp_path / "out", workers=1, progress=False)
-    assert sorted(res.failed) == ["direct-none-s2nn-s0", "direct-syn-p1-s2nn-lam8-s0"]
+    assert sorted(res.failed) == ["direct-none-pwl-s0", "direct-syn-p1-pwl-lam8-s0"]
     assert sorted(res.ran) == ["ann-s0", "conv-qrelu-t30000x1-T2-s0"]
     failed = [r for r in res.rows if r["status"] == "failed"]
-    assert len(failed) == 2 and all("learning rate" in r["error"] for r in failed)
-    assert "Traceback" in (res.path / "runs" / "direct-none-s2nn-s0" / "error.txt").read_text()
+    assert len(failed) == 2 and all("no hyperparameter alpha" in r["error"] for r in failed)
+    assert "Traceback" in (res.path / "runs" / "direct-none-pwl-s0" / "error.txt").read_text()
     # no direct reference: energies fall back to the conversion baseline of the same seed
     ref = json.loads((res.path / "results.json").read_text())["reference"]
     assert ref["kind"] == "conversion-baseline"

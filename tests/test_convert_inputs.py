@@ -190,9 +190,11 @@ def test_simulate_from_another_directory_after_the_run_folder_moved(tmp_path, mo
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
+    (work / "data").mkdir()
     assert main(["convert", "--onnx", path, "--onnx-output", "logits", "--method", "rho", "--rho", "2", "-T", "3",
-                 "--samples", "30", "--quiet", "--out", "run"]) == 0  # a relative --out
+                 "--samples", "30", "--quiet", "--out", "run", "--data-root", "data"]) == 0  # relative paths
     expected = json.loads((work / "run" / "metrics.json").read_text())["points"][0]
+    assert json.loads((work / "run" / "config.json").read_text())["config"]["data_root"] == str(work / "data")
     shutil.move(str(work / "run"), str(tmp_path / "moved"))
     monkeypatch.chdir(tmp_path)
     assert main(["simulate", "moved/snn", "-T", "3", "--samples", "30", "--quiet", "--json", "s.json"]) == 0

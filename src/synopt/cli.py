@@ -43,6 +43,11 @@ def parse_floats(count: int | None = None) -> Callable[[str], tuple[float, ...]]
     return parse
 
 
+def _absolute(path: str | None) -> str | None:
+    """A data root as an absolute path: the run folder records it, and `synopt simulate` may run elsewhere."""
+    return str(Path(path).resolve()) if path else None
+
+
 def _check_out(out: str) -> None:
     """--out must be a new or empty folder, or a synopt run folder (resumed if its configuration matches)."""
     from synopt.runs import check_out_folder
@@ -158,7 +163,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
     if args.train_samples is not None and args.train_samples < 1:
         raise UserError(f"--train-samples must be >= 1, got {args.train_samples}")
-    result = train_ann(model=args.model, dataset=args.dataset, data_root=args.data_root, out=args.out,
+    result = train_ann(model=args.model, dataset=args.dataset, data_root=_absolute(args.data_root), out=args.out,
                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
                        seed=args.seed, progress=not args.quiet, train_samples=args.train_samples)
     print(result["summary"])
@@ -207,7 +212,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     frames = {}
     if args.event_count:
         frames = {"event_count": args.event_count}
-    cfg = ConvertConfig(source=source, dataset=args.dataset, out=args.out, data_root=args.data_root,
+    cfg = ConvertConfig(source=source, dataset=args.dataset, out=args.out, data_root=_absolute(args.data_root),
                         method=args.method, target_synops=args.target_synops, target_fraction=args.target_fraction,
                         schedule_points=args.schedule, halve_from=args.halve_from,
                         timesteps=args.timesteps, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
@@ -308,7 +313,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from synopt.finetune.direct import train_direct
 
     _check_out(args.out)
-    result = train_direct(args.model, args.dataset, out=args.out, data_root=args.data_root,
+    result = train_direct(args.model, args.dataset, out=args.out, data_root=_absolute(args.data_root),
                           surrogate=args.surrogate, penalty=args.penalty, p=args.p, lambda_norm=args.lambda_norm,
                           schedule=args.schedule, weight_decay=args.weight_decay, bn_decay=args.bn_decay,
                           epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,

@@ -472,10 +472,10 @@ def prepare(model: nn.Module, *, fold_bn: bool = True, maxpool: str = "avg", sof
     """Run the preparation passes in order and return ``(graph_module, notes)``.
 
     ``to_graph -> replace_bounded_relu -> one_module_per_call_site -> remove_softmax_head -> fold_input_normalization
-    -> fold_batchnorm -> replace_maxpool -> bias_policy``.  ``input_convention`` (an :class:`InputConvention` or a dict of
-    :func:`fold_input_normalization` keywords) is folded into the first layer(s); with ``None`` only the model's own
-    constant ``x - c`` / ``x / c`` / ``x * c`` ops on the input are folded, when there are any and they can be
-    (otherwise they stay, with a note).  ``maxpool``: ``'avg'`` or ``'keep'``; ``softmax``: ``'remove'`` or
+    -> fold_batchnorm -> replace_maxpool -> bias_policy``.  ``input_convention`` (an :class:`InputConvention` or a
+    dict of :func:`fold_input_normalization` keywords) is folded into the first layer(s); with ``None`` only the
+    model's own constant ``x - c`` / ``x / c`` / ``x * c`` ops on the input are folded, when there are any and they
+    can be (otherwise they stay, with a note).  ``maxpool``: ``'avg'`` or ``'keep'``; ``softmax``: ``'remove'`` or
     ``'keep'``; ``bias``: ``'keep'`` or ``'remove'``; ``bounded_relu``: ``'relu'`` (ReLU6 & co. become ReLU, what an
     IF neuron computes) or ``'keep'`` (the model's own function, e.g. to measure it; not convertible).
     """

@@ -339,7 +339,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         plan = expand(load_study(args.study, args.data_root))
         for spec in plan:
             print(f"{spec.run_id:48s} {spec.kind:10s} " + " ".join(
-                f"{k}={v}" for k, v in spec.params.items() if k not in ("model", "dataset", "data_root")))
+                f"{k}={v}" for k, v in spec.params.items() if k not in ("model", "dataset", "data_root")
+                and v is not None) + (f" needs={spec.needs}" if spec.needs else ""))
         print(f"{len(plan)} runs")
         return 0
     result = sweep(args.study, out=args.out, workers=args.workers, ray_address=args.ray_address,

@@ -214,6 +214,8 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(tmp_path):
     failed = [r for r in res.rows if r["status"] == "failed"]
     assert len(failed) == 2 and all("no hyperparameter alpha" in r["error"] for r in failed)
     assert "Traceback" in (res.path / "runs" / "direct-none-pwl-s0" / "error.txt").read_text()
+    # the command line: finished runs are skipped, the failed ones retried (and fail again): exit status 1
+    assert main(["sweep", str(study), "--out", str(res.path), "--workers", "1", "--quiet"]) == 1
     # no direct reference: energies fall back to the conversion baseline of the same seed
     ref = json.loads((res.path / "results.json").read_text())["reference"]
     assert ref["kind"] == "conversion-baseline"

@@ -126,6 +126,17 @@ def test_verdict_one_route_all_failed_and_nans():
     assert "1,000 SynOps" in text and "nan" not in text.lower()
 
 
+def test_verdict_of_one_model_and_of_an_ann_alone():
+    """One SNN model wins every threshold: one sentence that says so, not the same sentence per threshold; an ANN
+    run folder alone has no SNN to judge."""
+    ann = _row("ann-s0", "ann", "ann", "ANN (ReLU)", 0.95, None)
+    one = verdict([ann, _row("d", "direct", "syn", "Ω_syn p=1", 0.91, 1000.0, intensity=2.0)])
+    sentences = [s for s in one if s.startswith("At ≥")]
+    assert len(sentences) == 1 and sentences[0].endswith("(also the lowest-energy model within 1 and 3 point(s) of "
+                                                          "the best).")
+    assert verdict([ann]) == ["Only the ANN is here (95.00% with 100,000 MACs per inference), no SNN: no verdict."]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Plots
 # ---------------------------------------------------------------------------------------------------------------------

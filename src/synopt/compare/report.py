@@ -206,6 +206,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%" if math.isfinite(x) else "n/a"
 
 
+def _also(sentence: str, margins: list[str]) -> str:
+    """A verdict sentence with its '(also ... within M point(s))' clause set to ``margins``."""
+    base = sentence.split(" (also the lowest-energy model within ")[0].rstrip(".")
+    return f"{base} (also the lowest-energy model within {' and '.join(margins)} point(s) of the best)."
+
+
 def verdict(rows: list[dict], margins: Sequence[float] = MARGINS) -> list[str]:
     """Plain-language sentences: for each accuracy threshold, the lowest-energy model and how it compares with
     the other route's best model there and with the ANN's MACs."""
@@ -215,6 +221,9 @@ def verdict(rows: list[dict], margins: Sequence[float] = MARGINS) -> list[str]:
     if d["status"] == "all failed":
         return [f"All {d['models']} runs failed: no verdict (see the failed runs below)."]
     if d["status"] == "no valid":
+        if d["models"] and not d["failed"] and not d["excluded"]:  # an ANN run folder: nothing spiking to compare
+            return [f"Only the ANN is here ({_pct(d['ann_accuracy'])} with {d['ann_macs']:,.0f} MACs per "
+                    "inference), no SNN: no verdict."]
         return [f"No model has both a finite accuracy and SynOps ({d['failed']} of {d['models']} failed): "
                 "no verdict."]
     lines = []
@@ -223,8 +232,14 @@ def verdict(rows: list[dict], margins: Sequence[float] = MARGINS) -> list[str]:
     if d["failed"] or d["excluded"]:
         lines.append(f"Left out: {d['failed']} failed model(s) and {d['excluded']} without a finite accuracy or "
                      "SynOps count.")
+    previous, also = None, []  # a model that also wins the looser thresholds gets one sentence, not repeats
     for t in d["thresholds"]:
         w = t["winner"]
+        if previous is not None and w is previous["winner"] and t["other"] is previous["other"]:
+            also.append(f"{100 * t['margin']:g}")
+            lines[-1] = _also(lines[-1], also)
+            continue
+        previous, also = t, []
         where = "the best accuracy" if t["margin"] == 0 else f"within {100 * t['margin']:g} point(s) of the best, " \
                                                              f"{_pct(d['best_accuracy'])}"
         s = (f"At ≥ {_pct(t['threshold'])} accuracy ({where}) the lowest-energy model is {w['label']} "

@@ -234,13 +234,13 @@ def test_bad_options_are_named_before_anything_is_written(extra, needle, tmp_pat
 
 
 def test_run_dir_resumes_only_the_same_configuration(tmp_path):
-    RunDir(tmp_path / "r", {"a": 1, "train": {"epochs": 2, "lr": 0.1}}, ignore=("train.epochs",))
-    RunDir(tmp_path / "r", {"a": 1, "train": {"epochs": 5, "lr": 0.1}}, ignore=("train.epochs",))  # ignored key
-    with pytest.raises(FileExistsError, match=r'differs in train: \{"epochs": 5, "lr": 0.1\} -> \{"epochs": 5, '
-                                              r'"lr": 0.2\}\); choose a new --out'):
-        RunDir(tmp_path / "r", {"a": 1, "train": {"epochs": 5, "lr": 0.2}}, ignore=("train.epochs",))
+    RunDir(tmp_path / "r", {"a": 1, "epochs": 2, "train": {"lr": 0.1}}, ignore=("epochs",))
+    RunDir(tmp_path / "r", {"a": 1, "epochs": 5, "train": {"lr": 0.1}}, ignore=("epochs",))  # ignored key
+    with pytest.raises(FileExistsError, match=r'differs in train: \{"lr": 0.1\} -> \{"lr": 0.2\}\); '
+                                              r'choose a new --out'):
+        RunDir(tmp_path / "r", {"a": 1, "epochs": 5, "train": {"lr": 0.2}}, ignore=("epochs",))
     with pytest.raises(FileExistsError, match=r"differs in a: 1 -> 2"):
-        RunDir(tmp_path / "r", {"a": 2, "train": {"epochs": 5, "lr": 0.1}})
+        RunDir(tmp_path / "r", {"a": 2, "epochs": 5, "train": {"lr": 0.1}})
     (tmp_path / "r" / "config.json").write_text("{not json")
     with pytest.raises(FileExistsError, match="config.json is unreadable"):
         RunDir(tmp_path / "r", {"a": 1})

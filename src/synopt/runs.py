@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import functools
+import hashlib
 import inspect
+import json
 import os
 import platform
 import shutil
@@ -198,22 +198,10 @@ def _differences(old: Any, new: dict, limit: int = 3) -> str:
 
 
 def _same_config(old: Any, new: dict, ignore: tuple[str, ...] = ()) -> bool:
-    """Whether a recorded configuration equals the normalised ``new`` one, the keys in ``ignore`` aside (a dotted
-    key such as ``train.epochs`` names a key of a nested dict)."""
+    """Whether a recorded configuration equals the normalised ``new`` one, the keys in ``ignore`` aside."""
     if not isinstance(old, dict):
         return False
-    return _without(old, ignore) == _without(new, ignore)
-
-
-def _without(config: dict, ignore: tuple[str, ...]) -> dict:
-    out = dict(config)
-    for key in ignore:
-        head, _, rest = key.partition(".")
-        if rest and isinstance(out.get(head), dict):
-            out[head] = _without(out[head], (rest,))
-        elif not rest:
-            out.pop(head, None)
-    return out
+    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in new.items() if k not in ignore}
 
 
 def _normalise(config: dict) -> dict:

@@ -247,6 +247,12 @@ def bias_timing_hint(qrelu_accuracy: float, snn_accuracy: float, timing: str, ne
             "cancels them arrives. Try --bias-timing signed (docs/conversion.md)")
 
 
+def _rho_qualifies(qrelu_acc: float, qrelu_synops: float, ann_acc: float) -> bool:
+    """The automatic-rho rule: the QReLU network within 1 point of the ANN, and not silent (a silent network can
+    match a chance-level ANN; it gives QAT nothing to train)."""
+    return qrelu_acc >= ann_acc - 0.01 and qrelu_synops > 0
+
+
 def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float,
                collate_fn=None, bias_timing: str = "spread") -> tuple[float, list[dict]]:
     """Automatic first-layer scale (section 2.4.2 step 2 of 003_*): the smallest rho in ``rhos`` whose QReLU network
@@ -256,7 +262,7 @@ def choose_rho(ann, account, val: Dataset, samples: int, rhos, ann_acc: float,
     for rho in sorted(rhos):
         acc, syn, _ = estimate(qrelu_network(ann, rho, bias_timing), account, val, samples, collate_fn=collate_fn)
         trials.append({"rho": rho, "qrelu_val_acc": acc, "qrelu_synops": syn})
-        if acc >= ann_acc - 0.01 and syn > 0:  # a silent network can match a chance-level ANN; it cannot train
+        if _rho_qualifies(acc, syn, ann_acc):
             return rho, trials
     return max(trials, key=lambda t: (t["qrelu_val_acc"], t["qrelu_synops"]))["rho"], trials
 
@@ -488,7 +494,7 @@ def _convert(cfg: ConvertConfig, out: Path, model: torch.nn.Module, notes: list[
             picked = next(tr for tr in trials if tr["rho"] == rho)
             grid = ", ".join(f"{r:g}" for r in sorted(cfg.rhos))
             found = f"{100 * picked['qrelu_val_acc']:.2f}%, {picked['qrelu_synops']:,.0f} SynOps"
-            met = picked["qrelu_val_acc"] >= ann_val_acc - 0.01 and picked["qrelu_synops"] > 0
+            met = _rho_qualifies(picked["qrelu_val_acc"], picked["qrelu_synops"], ann_val_acc)
             notes.append(f"rho = {rho:g} chosen automatically: " + (
                 f"the smallest of {grid} whose QReLU network comes within 1 point of the ANN on validation data "
                 f"({found}; ANN {100 * ann_val_acc:.2f}%)" if met else

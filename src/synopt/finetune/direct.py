@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import hashlib
-
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
